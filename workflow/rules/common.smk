@@ -1,0 +1,78 @@
+# Shared helpers: config validation, result paths, and JSON params for the vlselect CLI.
+import json
+from pathlib import Path
+
+from vlselect.config import validate_config
+
+validate_config(config)
+
+R = config["results"]
+TOY = config["dataset"]["format"] == "toy"
+INDICATORS = ["clip", "reward", "length", "gpt"]
+SUBSETS = list(range(config["labels"]["n_subsets"]))
+SUITES = config["labels"]["suites"]
+
+report: "../report/workflow.rst"
+
+scattergather:
+    shards=config["scoring"]["shards"],
+
+
+def as_json(value):
+    """Settings reach the CLI as one JSON string, so Snakemake reruns a job when its settings change.
+
+    Wrapped in a function of the wildcards because Snakemake would read the JSON's braces as wildcards.
+    """
+    text = to_json(value)
+    return lambda wildcards: text
+
+
+def to_json(value):
+    return json.dumps(value, sort_keys=True)
+
+
+def vlm_base():
+    return config["models"]["vlm"]["path"]
+
+
+def toy_inputs(*paths):
+    """Inputs that exist only in the toy world, where the workflow builds its own data and models."""
+    return list(paths) if TOY else []
+
+
+def final_models():
+    """Models in the comparison: the base model and each method with its seeds ('full' once: it has no sampling)."""
+    names = ["base"]
+    for method in config["final"]["methods"]:
+        seeds = 1 if method == "full" else config["final"]["seeds"]
+        names += [f"{method}_seed{s}" for s in range(seeds)]
+    return names
+
+
+def selection_key(method, seed):
+    """Where a final model's training selection lives: random draws anew per seed, the others are fixed."""
+    return f"random{seed}" if method == "random" else method
+
+
+def all_targets():
+    targets = [f"{R}/final/table.md", f"{R}/final/judge.json"]
+    targets += expand(f"{R}/selection/{{method}}/dataset", method=config["selection"]["methods"])
+    targets += report_targets()
+    return targets
+
+
+# In the toy world the workflow trains its own tiny models; otherwise config.models names real ones.
+if TOY:
+    DATA_ROOT = f"{R}/toy/dataset"
+    CLIP = {"model": "vlselect-toy-clip", "pretrained": f"{R}/toy/models/clip/open_clip_model.safetensors",
+            "model_config_dir": f"{R}/toy/models/clip"}
+    REWARD = f"{R}/toy/models/reward"
+    VLM = f"{R}/toy/models/vlm"
+    SUITE_ROOT = f"{R}/toy/suites"
+else:
+    DATA_ROOT = config["dataset"]["root"]
+    CLIP = {k: v for k, v in config["models"]["clip"].items() if v is not None}
+    REWARD = config["models"]["reward"]["path"]
+    VLM = config["models"]["vlm"]["path"]
+    SUITE_ROOT = config["evaluate"]["suite_root"]
+

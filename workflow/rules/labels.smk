@@ -1,0 +1,110 @@
+# Genuine quality labels: balanced k-means subsets, one fine-tune and one evaluation per subset ({k} fans out).
+FT = config["finetune"]
+FT_PARAMS = {k: FT[k] for k in ("backend", "trainable", "template", "epochs", "batch_size", "lr", "minigpt4")} | {
+    "instruction": config["dataset"]["instruction"], "device": config["scoring"]["device"]}
+EVAL_PARAMS = config["evaluate"] | {"device": config["scoring"]["device"]}
+VLM_INPUTS = toy_inputs(VLM)
+
+
+rule make_subsets:
+    input:
+        image=f"{R}/features/image.npy",
+        ids=f"{R}/features/ids.parquet",
+    output:
+        subsets=f"{R}/labels/subsets.parquet",
+        dropped=f"{R}/labels/subsets_dropped.parquet",
+    params:
+        p=as_json({"n_subsets": config["labels"]["n_subsets"], "seed": config["labels"]["seed"]}),
+        features=f"{R}/features",
+    log:
+        f"{R}/logs/make_subsets.log",
+    benchmark:
+        f"{R}/benchmarks/make_subsets.tsv"
+    shell:
+        "vlselect make-subsets --features-dir {params.features} --out {output.subsets} --out-dropped {output.dropped} "
+        "--params {params.p:q} 2> {log}"
+
+
+rule export_subset:
+    input:
+        manifest=f"{R}/manifest.parquet",
+        subsets=f"{R}/labels/subsets.parquet",
+    output:
+        directory(f"{R}/labels/subset_{{k}}"),
+    params:
+        p=as_json({"format": "cc_sbu_align"}),
+    wildcard_constraints:
+        k=r"\d+",
+    log:
+        f"{R}/logs/export_subset/{{k}}.log",
+    benchmark:
+        f"{R}/benchmarks/export_subset/{{k}}.tsv"
+    shell:
+        "vlselect export-subset --manifest {input.manifest} --subsets {input.subsets} --subset {wildcards.k} "
+        "--out-dir {output} --params {params.p:q} 2> {log}"
+
+
+rule finetune_subset:
+    input:
+        data=f"{R}/labels/subset_{{k}}",
+        base=VLM_INPUTS,
+    output:
+        directory(f"{R}/labels/models/subset_{{k}}"),
+    params:
+        p=as_json(FT_PARAMS | {"seed": FT["seed"]}),
+        base=VLM,
+    wildcard_constraints:
+        k=r"\d+",
+    log:
+        f"{R}/logs/finetune_subset/{{k}}.log",
+    benchmark:
+        f"{R}/benchmarks/finetune_subset/{{k}}.tsv"
+    threads: 1
+    resources:
+        gpu=1,
+        mem_mb=4000,
+        runtime=120,
+    shell:
+        "OMP_NUM_THREADS={threads} vlselect finetune --base-model {params.base:q} --train-dir {input.data} "
+        "--out-dir {output} --params {params.p:q} 2> {log}"
+
+
+rule evaluate_subset:
+    input:
+        model=f"{R}/labels/models/subset_{{k}}",
+        base=VLM_INPUTS,
+        suites=toy_inputs(SUITE_ROOT),
+    output:
+        f"{R}/labels/eval/subset_{{k}}.json",
+    params:
+        p=as_json(EVAL_PARAMS | {"suites": SUITES, "split": "val"}),
+        suite_root=SUITE_ROOT,
+    wildcard_constraints:
+        k=r"\d+",
+    log:
+        f"{R}/logs/evaluate_subset/{{k}}.log",
+    benchmark:
+        f"{R}/benchmarks/evaluate_subset/{{k}}.tsv"
+    threads: 1
+    resources:
+        gpu=1,
+        mem_mb=4000,
+        runtime=60,
+    shell:
+        "OMP_NUM_THREADS={threads} vlselect evaluate --model-dir {input.model} --suite-root {params.suite_root:q} "
+        "--out {output} --params {params.p:q} 2> {log}"
+
+
+rule collect_labels:
+    input:
+        expand(f"{R}/labels/eval/subset_{{k}}.json", k=SUBSETS),
+    output:
+        f"{R}/labels/labels.parquet",
+    params:
+        p=as_json({"suites": SUITES}),
+    log:
+        f"{R}/logs/collect_labels.log",
+    benchmark:
+        f"{R}/benchmarks/collect_labels.tsv"
+    shell:
+        "vlselect collect-labels --evals {input} --out {output} --params {params.p:q} 2> {log}"

@@ -1,0 +1,111 @@
+# The learned selector, spectral clusters for diversity, and one selection per method (with its export).
+SEL = config["selection"]
+SCORE_FILES = expand(f"{R}/scores/{{indicator}}.parquet", indicator=INDICATORS)
+
+
+def selection_params(w):
+    """A selection key is a method name, or random{seed} for the final comparison's random draws."""
+    method, seed = w.sel, SEL["seed"]
+    if w.sel.startswith("random") and w.sel != "random":
+        method, seed = "random", SEL["seed"] + int(w.sel[len("random"):])
+    return to_json({"method": method, "seed": seed, "n_select": SEL["n_select"], "quota_m": SEL["quota_m"],
+                    "weights": SEL["weights"]})
+
+
+rule train_selector:
+    input:
+        scores=SCORE_FILES,
+        pca=f"{R}/features/pca.parquet",
+        subsets=f"{R}/labels/subsets.parquet",
+        labels=f"{R}/labels/labels.parquet",
+    output:
+        model=f"{R}/selector/model.safetensors",
+        report=f"{R}/selector/report.json",
+    params:
+        p=as_json(SEL["selector"]),
+        out=f"{R}/selector",
+    log:
+        f"{R}/logs/train_selector.log",
+    benchmark:
+        f"{R}/benchmarks/train_selector.tsv"
+    shell:
+        "vlselect train-selector --scores {input.scores} --pca {input.pca} --subsets {input.subsets} "
+        "--labels {input.labels} --out-dir {params.out} --params {params.p:q} 2> {log}"
+
+
+rule predict_quality:
+    input:
+        model=f"{R}/selector/model.safetensors",
+        scores=SCORE_FILES,
+        pca=f"{R}/features/pca.parquet",
+    output:
+        f"{R}/selector/predictions.parquet",
+    params:
+        model_dir=f"{R}/selector",
+    log:
+        f"{R}/logs/predict_quality.log",
+    benchmark:
+        f"{R}/benchmarks/predict_quality.tsv"
+    shell:
+        "vlselect predict --model-dir {params.model_dir} --scores {input.scores} --pca {input.pca} --out {output} 2> {log}"
+
+
+rule spectral_clusters:
+    input:
+        image=f"{R}/features/image.npy",
+        ids=f"{R}/features/ids.parquet",
+    output:
+        f"{R}/selection/clusters.parquet",
+    params:
+        p=as_json({"n_clusters": SEL["n_clusters"], "seed": SEL["seed"]}),
+        features=f"{R}/features",
+    log:
+        f"{R}/logs/spectral_clusters.log",
+    benchmark:
+        f"{R}/benchmarks/spectral_clusters.tsv"
+    shell:
+        "vlselect spectral-clusters --features-dir {params.features} --out {output} --params {params.p:q} 2> {log}"
+
+
+rule select:
+    input:
+        manifest=f"{R}/manifest.parquet",
+        scores=SCORE_FILES,
+        clusters=f"{R}/selection/clusters.parquet",
+        predictions=lambda w: [f"{R}/selector/predictions.parquet"] if w.sel == "selector" else [],
+    output:
+        selected=f"{R}/selection/{{sel}}/selected.parquet",
+        rejected=f"{R}/selection/{{sel}}/rejected.parquet",
+        ids=f"{R}/selection/{{sel}}/ids.parquet",
+    params:
+        p=selection_params,
+        out=f"{R}/selection/{{sel}}",
+        predictions=lambda w: f"--predictions {R}/selector/predictions.parquet" if w.sel == "selector" else "",
+    wildcard_constraints:
+        sel=r"[a-z_]+\d*",
+    log:
+        f"{R}/logs/select/{{sel}}.log",
+    benchmark:
+        f"{R}/benchmarks/select/{{sel}}.tsv"
+    shell:
+        "vlselect select --manifest {input.manifest} --scores {input.scores} --clusters {input.clusters} "
+        "{params.predictions} --out-dir {params.out} --params {params.p:q} 2> {log}"
+
+
+rule export_selection:
+    input:
+        manifest=f"{R}/manifest.parquet",
+        ids=f"{R}/selection/{{sel}}/ids.parquet",
+    output:
+        directory(f"{R}/selection/{{sel}}/dataset"),
+    params:
+        p=as_json({"format": "cc_sbu_align"}),
+    wildcard_constraints:
+        sel=r"[a-z_]+\d*",
+    log:
+        f"{R}/logs/export_selection/{{sel}}.log",
+    benchmark:
+        f"{R}/benchmarks/export_selection/{{sel}}.tsv"
+    shell:
+        "vlselect export --manifest {input.manifest} --sample-ids-file {input.ids} --out-dir {output} "
+        "--params {params.p:q} 2> {log}"

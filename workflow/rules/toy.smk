@@ -1,0 +1,85 @@
+# The embedded default: generate the toy world and train its tiny models (only when dataset.format == toy).
+if TOY:
+
+    rule toy_world:
+        output:
+            dataset=f"{R}/toy/dataset/filter_cap.json",
+            truth=f"{R}/toy/truth.parquet",
+            captions=f"{R}/toy/corpus/captions.parquet",
+            preferences=f"{R}/toy/corpus/preferences.parquet",
+            suites=directory(f"{R}/toy/suites"),
+        params:
+            p=as_json({k: config["toy"][k] for k in ("seed", "n_examples", "image_size", "corpus_size", "suite_size", "flaw_rates")}),
+            out=f"{R}/toy",
+        log:
+            f"{R}/logs/toy_world.log",
+        benchmark:
+            f"{R}/benchmarks/toy_world.tsv"
+        resources:
+            mem_mb=2000,
+            runtime=20,
+        shell:
+            "vlselect toy-world --out-dir {params.out} --params {params.p:q} 2> {log}"
+
+    rule train_toy_clip:
+        input:
+            f"{R}/toy/corpus/captions.parquet",
+        output:
+            weights=f"{R}/toy/models/clip/open_clip_model.safetensors",
+            config=f"{R}/toy/models/clip/vlselect-toy-clip.json",
+            metrics=f"{R}/toy/models/clip/metrics.json",
+        params:
+            p=as_json({**config["toy"]["models"]["clip"], "seed": config["toy"]["seed"], "image_size": config["toy"]["image_size"]}),
+            corpus=f"{R}/toy/corpus",
+            out=f"{R}/toy/models/clip",
+        log:
+            f"{R}/logs/train_toy_clip.log",
+        benchmark:
+            f"{R}/benchmarks/train_toy_clip.tsv"
+        threads: 2
+        resources:
+            mem_mb=4000,
+            runtime=30,
+        shell:
+            "OMP_NUM_THREADS={threads} vlselect train-toy-clip --corpus-dir {params.corpus} --out-dir {params.out} "
+            "--params {params.p:q} 2> {log}"
+
+    rule train_toy_reward:
+        input:
+            f"{R}/toy/corpus/preferences.parquet",
+        output:
+            directory(f"{R}/toy/models/reward"),
+        params:
+            p=as_json({**config["toy"]["models"]["reward"], "seed": config["toy"]["seed"]}),
+            corpus=f"{R}/toy/corpus",
+        log:
+            f"{R}/logs/train_toy_reward.log",
+        benchmark:
+            f"{R}/benchmarks/train_toy_reward.tsv"
+        threads: 2
+        resources:
+            mem_mb=4000,
+            runtime=30,
+        shell:
+            "OMP_NUM_THREADS={threads} vlselect train-toy-reward --corpus-dir {params.corpus} --out-dir {output} "
+            "--params {params.p:q} 2> {log}"
+
+    rule train_toy_vlm:
+        input:
+            f"{R}/toy/corpus/captions.parquet",
+        output:
+            directory(f"{R}/toy/models/vlm"),
+        params:
+            p=as_json({**config["toy"]["models"]["vlm"], "seed": config["toy"]["seed"], "image_size": config["toy"]["image_size"]}),
+            corpus=f"{R}/toy/corpus",
+        log:
+            f"{R}/logs/train_toy_vlm.log",
+        benchmark:
+            f"{R}/benchmarks/train_toy_vlm.tsv"
+        threads: 2
+        resources:
+            mem_mb=4000,
+            runtime=30,
+        shell:
+            "OMP_NUM_THREADS={threads} vlselect train-toy-vlm --corpus-dir {params.corpus} --out-dir {output} "
+            "--params {params.p:q} 2> {log}"

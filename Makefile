@@ -24,6 +24,7 @@ venv: $(VENV)/.complete
 
 run: venv
 	$(BIN)/snakemake --profile profiles/local --cores $(CORES)
+	$(BIN)/snakemake --report results/report.html
 	@$(BIN)/vlselect summary --results results
 
 dry-run: venv

@@ -1,0 +1,39 @@
+"""The workflow's DAG: the full config fans out one fine-tune per subset; bad config stops before any job."""
+
+import yaml
+
+from workflow_helpers import REPO, planned_jobs, snakemake, write_config
+
+
+def test_full_config_dry_run_fans_out_one_finetune_per_subset(tmp_path):
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["results"] = str(tmp_path / "results")
+    write_config(tmp_path, config)
+    jobs = planned_jobs(tmp_path)
+    assert jobs["finetune_subset"] == 30
+    assert jobs["evaluate_subset"] == 30
+    assert jobs["export_subset"] == 30
+    for rule in ("toy_world", "train_toy_clip", "train_toy_reward", "train_toy_vlm", "import_dataset",
+                 "train_selector", "spectral_clusters", "final_table", "merge_judgements"):
+        assert jobs[rule] == 1, rule
+    # four indicators scored in one shard each, then gathered
+    assert jobs["score_shard"] == 4 and jobs["gather_scores"] == 4
+
+
+def test_shards_multiply_scoring_jobs_only(tmp_path):
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["scoring"]["shards"] = 3
+    write_config(tmp_path, config)
+    jobs = planned_jobs(tmp_path)
+    assert jobs["score_shard"] == 12 and jobs["embed_shard"] == 3
+    assert jobs["gather_scores"] == 4 and jobs["gather_features"] == 1
+
+
+def test_a_mistyped_key_stops_the_run_naming_the_key(tmp_path):
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["labels"]["n_subset"] = 30
+    write_config(tmp_path, config)
+    result = snakemake(tmp_path, "-n", check=False)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "'n_subset'" in output and "n_subsets" in output

@@ -37,3 +37,17 @@ def test_a_mistyped_key_stops_the_run_naming_the_key(tmp_path):
     assert result.returncode != 0
     output = result.stdout + result.stderr
     assert "'n_subset'" in output and "n_subsets" in output
+
+
+def test_no_step_is_given_the_ground_truth_file(tmp_path):
+    """Only the generator writes truth.parquet; no rule takes it as input or names it in its command."""
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    write_config(tmp_path, config)
+    out = snakemake(tmp_path, "-n", "-p").stdout
+    commands = [line for line in out.splitlines() if line.startswith("Shell command:")]
+    assert len(commands) > 100
+    assert not [c for c in commands if "truth" in c]
+    inputs = [line for line in out.splitlines() if line.strip().startswith("input:")]
+    assert inputs and not [line for line in inputs if "truth" in line]
+    readers = [p.relative_to(REPO / "src") for p in (REPO / "src" / "vlselect").rglob("*.py") if "truth" in p.read_text()]
+    assert {str(p) for p in readers} <= {"vlselect/toy/world.py"}, readers

@@ -66,7 +66,7 @@ COMMANDS: dict[str, Command] = {
     "plot-gallery": Command("vlselect.report:plot_gallery"),
     "plot-final-table": Command("vlselect.report:plot_final_table"),
     "plot-judge": Command("vlselect.report:plot_judge"),
-    "summary": Command("vlselect.report:summary"),
+    "summary": Command("vlselect.summary:summary"),
 }
 
 

@@ -4,12 +4,23 @@ SCORE_FILES = expand(f"{R}/scores/{{indicator}}.parquet", indicator=INDICATORS)
 
 
 def selection_params(w):
-    """A selection key is a method name, or random{seed} for the final comparison's random draws."""
+    """Each method gets only the settings it uses, so a change re-runs only the selections it affects.
+
+    A selection key is a method name, or random{seed} for the final comparison's random draws.
+    """
     method, seed = w.sel, SEL["seed"]
     if w.sel.startswith("random") and w.sel != "random":
         method, seed = "random", SEL["seed"] + int(w.sel[len("random"):])
-    return to_json({"method": method, "seed": seed, "n_select": SEL["n_select"], "quota_m": SEL["quota_m"],
-                    "weights": SEL["weights"]})
+    params = {"method": method}
+    if method != "full":
+        params["n_select"] = SEL["n_select"]
+    if method == "random":
+        params["seed"] = seed
+    if method in ("selector", "weights") or method.endswith("_only"):
+        params["quota_m"] = SEL["quota_m"]
+    if method in ("weights", "no_cluster"):
+        params["weights"] = SEL["weights"]
+    return to_json(params)
 
 
 rule train_selector:

@@ -74,12 +74,14 @@ rule final_table:
     output:
         csv=f"{R}/final/table.csv",
         md=f"{R}/final/table.md",
+    params:
+        p=as_json({"methods_order": FINAL["methods"], "suites_order": FINAL["suites"]}),
     log:
         f"{R}/logs/final_table.log",
     benchmark:
         f"{R}/benchmarks/final_table.tsv"
     shell:
-        "vlselect final-table --evals {input} --out-csv {output.csv} --out-md {output.md} 2> {log}"
+        "vlselect final-table --evals {input} --out-csv {output.csv} --out-md {output.md} --params {params.p:q} 2> {log}"
 
 
 rule judge_pair:

@@ -39,6 +39,7 @@ rule plot_correlation:
 rule plot_embedding_map:
     input:
         image=f"{R}/features/image.npy",
+        ids=f"{R}/features/ids.parquet",
         clusters=f"{R}/selection/clusters.parquet",
         selected=f"{R}/selection/{REPORT_SEL}/selected.parquet",
     output:

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Install the Debian packages the local-SLURM test needs (slurm-wlm, munge).
+# Idempotent: does nothing when the daemons and the client are already on PATH,
+# so CI images that pre-install them (or a second run) skip apt entirely.
+set -euo pipefail
+
+if command -v slurmctld >/dev/null && command -v sbatch >/dev/null && command -v munged >/dev/null; then
+    echo "install_apt: slurm-wlm and munge already installed"
+    exit 0
+fi
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "install_apt: must run as root to apt-get install slurm-wlm munge" >&2
+    exit 1
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+# One index refresh, then install; --no-install-recommends keeps the image small
+# (the recommends pull in slurmdbd/mysql docs we do not use).
+apt-get update
+apt-get install -y --no-install-recommends slurm-wlm munge
+echo "install_apt: installed $(dpkg-query -W -f="${Package} ${Version} " slurm-wlm munge)"

@@ -1,0 +1,156 @@
+"""profiles/slurm on a real single-node SLURM cluster (tests/slurm_cluster.py).
+
+Runs the 3-rule smoke workflow in tests/slurm_smoke/ with `snakemake --profile profiles/slurm`
+plus a test override profile (no account, no GPU requests, short status polling), and checks
+that the jobs really went through sbatch, landed on the partitions the profile names, and give
+the same outputs as a local run; then cancels one job mid-run and checks that the retry
+replaces its partial output. Skipped unless root with slurm-wlm and munge installed
+(.ci/install_apt.sh).
+"""
+
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from slurm_cluster import LocalSlurm
+
+REPO = Path(__file__).resolve().parent.parent
+SMOKE = REPO / "tests" / "slurm_smoke"
+SLURM_PROFILE = REPO / "profiles" / "slurm"
+LOCAL_PROFILE = REPO / "profiles" / "local"
+RUN_TIMEOUT_S = 240
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    with LocalSlurm(tmp_path_factory.mktemp("cluster")) as c:
+        yield c
+
+
+def _override_profile(dest):
+    """A second profile: tests/slurm_smoke/override.yaml plus profiles/slurm's set-resources with
+    gpu=0 on every rule (the test node has no GPUs). Derived from the real profile so that its
+    partition choices are what the test checks."""
+    real = yaml.safe_load((SLURM_PROFILE / "config.yaml").read_text())
+    override = yaml.safe_load((SMOKE / "override.yaml").read_text())
+    override["set-resources"] = {rule: {**res, "gpu": 0} for rule, res in real["set-resources"].items()}
+    dest.mkdir(parents=True)
+    (dest / "config.yaml").write_text(yaml.safe_dump(override))
+    return dest
+
+
+def _workflow_copy(dest):
+    shutil.copytree(SMOKE, dest, ignore=shutil.ignore_patterns("results", ".snakemake", "slurm_logs"))
+    return dest
+
+
+def _snakemake_cmd(profiles, *extra):
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", "Snakefile"]
+    for p in profiles:
+        cmd += ["--profile", str(p)]
+    return cmd + list(extra)
+
+
+def _outputs(workdir):
+    return {p.name: p.read_text() for p in sorted((workdir / "results").glob("*.txt"))}
+
+
+def _expected_outputs(n_values=10, n_subsets=2):
+    squares = [i * i for i in range(1, n_values + 1)]
+    out = {"world.txt": "".join(f"{i}\n" for i in range(1, n_values + 1)),
+           "embed.txt": "".join(f"{s}\n" for s in squares)}
+    for k in range(n_subsets):
+        out[f"subset_{k}.txt"] = "".join(f"{s}\n" for nr, s in enumerate(squares, 1) if nr % n_subsets == k)
+    return out
+
+
+def _run_id(log):
+    match = re.search(r"SLURM run ID: (\S+)", log)
+    assert match, f"no SLURM run ID in the Snakemake log:\n{log[-4000:]}"
+    return match.group(1)
+
+
+def test_profile_runs_jobs_through_sbatch_like_a_local_run(cluster, tmp_path):
+    local = _workflow_copy(tmp_path / "local")
+    proc = subprocess.run(_snakemake_cmd([LOCAL_PROFILE]), cwd=local, env=cluster.env(),
+                          capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    wf = _workflow_copy(tmp_path / "slurm")
+    profiles = [SLURM_PROFILE, _override_profile(tmp_path / "override")]
+    proc = subprocess.run(_snakemake_cmd(profiles), cwd=wf, env=cluster.env(),
+                          capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"{log[-6000:]}\n{cluster.log_tail()}"
+
+    assert _outputs(wf) == _outputs(local) == _expected_outputs()
+
+    # Every rule but `all` (a localrule) ran as a SLURM job of this run, on the profile's partition.
+    jobs = [j for j in cluster.jobs() if j["name"] == _run_id(log)]
+    by_rule = {}
+    for j in jobs:
+        by_rule.setdefault(re.match(r"rule_([a-z_]+?)(_wildcards_.*)?$", j["comment"]).group(1), []).append(j)
+    assert sorted(by_rule) == ["embed_shard", "finetune_subset", "toy_world"], jobs
+    assert all(j["state"] == "COMPLETED" for j in jobs), jobs
+    assert {j["partition"] for j in by_rule["toy_world"]} == {"cpu"}
+    assert {j["partition"] for j in by_rule["embed_shard"] + by_rule["finetune_subset"]} == {"gpu"}
+    # The two subsets went out as one job array (slurm-array-jobs in the profile): ids <job>_<task>.
+    assert len(by_rule["finetune_subset"]) == 2
+    assert len({j["id"].split("_")[0] for j in by_rule["finetune_subset"]}) == 1, by_rule["finetune_subset"]
+
+    # sbatch wrote each job's log under slurm-logdir, named by SLURM job id (kept on success).
+    log_ids = {p.stem for p in (wf / "slurm_logs").rglob("*.log")}
+    assert {j["id"] for j in by_rule["toy_world"] + by_rule["embed_shard"]} <= log_ids, log_ids
+
+    # Nothing left to do: Snakemake recorded every output as complete.
+    dry = subprocess.run(_snakemake_cmd(profiles, "--dry-run"), cwd=wf, env=cluster.env(),
+                         capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    assert dry.returncode == 0 and "Nothing to be done" in dry.stdout + dry.stderr, dry.stdout + dry.stderr
+
+
+def test_cancelled_job_is_retried_and_its_partial_output_discarded(cluster, tmp_path):
+    wf = _workflow_copy(tmp_path / "slurm")
+    profiles = [SLURM_PROFILE, _override_profile(tmp_path / "override")]
+    # Long enough a pause to find the running job and cancel it while its output says PARTIAL.
+    config = ["--config", "pause_seconds=6"]
+    cmd = _snakemake_cmd(profiles, *config)
+    with open(tmp_path / "snakemake.log", "w+") as log_file:
+        proc = subprocess.Popen(cmd, cwd=wf, env=cluster.env(), stdout=log_file, stderr=subprocess.STDOUT)
+        try:
+            victim = None
+            deadline = time.monotonic() + RUN_TIMEOUT_S
+            while victim is None and time.monotonic() < deadline and proc.poll() is None:
+                partial = [p for p in (wf / "results").glob("subset_*.txt") if p.read_text() == "PARTIAL\n"]
+                running = [j for j in cluster.jobs() if j["comment"].startswith("rule_finetune_subset")
+                           and j["state"] == "RUNNING"]
+                if partial and running:
+                    victim = running[0]["id"]
+                    cluster.run("scancel", victim)
+                time.sleep(0.2)
+            assert victim, "never saw a running finetune_subset job with partial output to cancel"
+            proc.wait(timeout=RUN_TIMEOUT_S)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        log_file.seek(0)
+        log = log_file.read()
+
+    assert proc.returncode == 0, f"{log[-6000:]}\n{cluster.log_tail()}"
+    # The cancelled job failed in Snakemake's eyes and was submitted again ...
+    states = {j["id"]: j["state"] for j in cluster.jobs()}
+    assert states[victim] == "CANCELLED", states
+    assert f"SLURM-job '{victim}' failed" in log, log[-6000:]
+    run_jobs = [j for j in cluster.jobs() if j["name"] == _run_id(log)
+                and j["comment"].startswith("rule_finetune_subset")]
+    assert len(run_jobs) == 3 and sum(j["state"] == "COMPLETED" for j in run_jobs) == 2, run_jobs
+    # ... and no PARTIAL file survived as a finished output.
+    assert _outputs(wf) == _expected_outputs()
+    dry = subprocess.run(_snakemake_cmd(profiles, *config, "--dry-run"), cwd=wf, env=cluster.env(),
+                         capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    assert dry.returncode == 0 and "Nothing to be done" in dry.stdout + dry.stderr, dry.stdout + dry.stderr

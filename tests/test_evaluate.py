@@ -1,0 +1,119 @@
+"""Suites (loaders for the toy and real-benchmark layouts, metrics) and evaluate()."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from test_vlm_finetune import draw_example, make_base_model, make_train_dir
+from vlselect.evaluate import evaluate
+from vlselect.finetune import finetune
+from vlselect.suites import load_suite, mc_correct, normalise, vqa_correct
+
+torch.set_num_threads(1)
+
+
+def test_vqa_metric_normalises_like_lvlm_ehub():
+    assert normalise("The Red, circle!") == ["red", "circle"]
+    assert vqa_correct("There are three shapes.", ["3"]) == 1.0
+    assert vqa_correct("i see 2 squares", ["two"]) == 1.0
+    assert vqa_correct("A RED square", ["red"]) == 1.0
+    assert vqa_correct("a reddish square", ["red"]) == 0.0  # whole words only
+    assert vqa_correct("top left", ["bottom left"]) == 0.0
+    assert vqa_correct("it is in the top left corner", ["no", "top left"]) == 1.0
+
+
+def test_mc_metric_accepts_letters_or_option_text():
+    choices = ["red", "blue", "dark red"]
+    assert mc_correct("B", choices, "blue") == 1.0
+    assert mc_correct("(B) blue", choices, "blue") == 1.0
+    assert mc_correct("A.", choices, "blue") == 0.0
+    assert mc_correct("A large blue square", choices, "blue") == 1.0  # text, not letter A
+    assert mc_correct("dark red", choices, "dark red") == 1.0
+    assert mc_correct("dark red", choices, "red") == 0.0
+    assert mc_correct("red or blue", choices, "red") == 0.0  # two options named: not an answer
+
+
+def test_real_benchmark_layouts(tmp_path):
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    (tmp_path / "gqa.json").write_text(json.dumps([
+        {"image": "a.png", "question": "What colour?", "answers": ["red", "red", "maroon"]},
+        {"id": "q2", "image": str(tmp_path / "a.png"), "question": "How many?", "answers": ["2"]}]))
+    name, items = load_suite({"name": "gqa", "format": "vqa_json", "path": str(tmp_path / "gqa.json")})
+    assert name == "gqa" and [it.answer for it in items] == ["red", "2"] and items[1].id == "q2"
+    assert items[0].answers == ["maroon", "red"] and items[0].image_path == str(tmp_path / "a.png")
+
+    pd.DataFrame({"question": ["Which?"], "choices": [["cat", "dog"]], "answer": [1],
+                  "image_path": ["a.png"]}).to_parquet(tmp_path / "sqa.parquet")
+    name, items = load_suite({"name": "sqa", "format": "mc_parquet", "path": str(tmp_path / "sqa.parquet")})
+    assert items[0].answer == "dog" and items[0].choices == ["cat", "dog"] and items[0].metric == "mc"
+
+    pd.DataFrame({"question": ["Which?"], "choices": [["cat"]], "answer": [3],
+                  "image_path": ["a.png"]}).to_parquet(tmp_path / "bad.parquet")
+    with pytest.raises(ValueError, match="outside"):
+        load_suite({"name": "bad", "format": "mc_parquet", "path": str(tmp_path / "bad.parquet")})
+    (tmp_path / "missing.json").write_text(json.dumps([{"image": "nope.png", "question": "q", "answers": ["a"]}]))
+    with pytest.raises(FileNotFoundError, match="missing"):
+        load_suite({"name": "m", "format": "vqa_json", "path": str(tmp_path / "missing.json")})
+
+
+def make_toy_suites(root, n=12):
+    """Toy-layout suites (vqa + mc) in the contract's jsonl format."""
+    rng = np.random.default_rng(9)
+    for suite in ("toy-vqa", "toy-mc"):
+        d = root / suite
+        (d / "images").mkdir(parents=True)
+        lines = []
+        for i in range(n):
+            im, objects, _ = draw_example(rng)
+            im.save(d / "images" / f"{i}.png")
+            rec = {"id": f"{suite}-{i}", "image": f"images/{i}.png", "question": "What colour is the square?",
+                   "answer": objects[0]["colour"], "choices": None, "metric": "vqa", "objects": objects}
+            if suite == "toy-mc":
+                rec.update(choices=["red", "green", "blue"], metric="mc")
+            lines.append(json.dumps(rec))
+        (d / "val.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("eval")
+    base = make_base_model(tmp / "base")
+    data = make_train_dir(tmp / "data", 16)
+    finetune(base_model=str(base), train_dir=str(data), out_dir=str(tmp / "ft"), epochs=1, batch_size=8, lr=1e-2,
+             device="cpu")
+    return tmp, base, make_toy_suites(tmp / "suites")
+
+
+def test_evaluate_writes_contract_json_and_is_batch_invariant(setup):
+    tmp, base, suites = setup
+    big = evaluate(model_dir=str(tmp / "ft"), suites=["toy-vqa", "toy-mc"], out=str(tmp / "e1.json"),
+                   suite_root=str(suites), batch_size=64, max_new_tokens=6, device="cpu")
+    assert json.loads((tmp / "e1.json").read_text()) == big
+    assert set(big["suites"]) == {"toy-vqa", "toy-mc"}
+    for s in big["suites"].values():
+        assert s["n"] == 12 and len(s["items"]) == 12
+        assert s["accuracy"] == pytest.approx(np.mean([it["correct"] for it in s["items"]]))
+        assert set(s["items"][0]) == {"id", "question", "reference", "prediction", "correct"}
+    assert big["mean"] == pytest.approx(np.mean([s["accuracy"] for s in big["suites"].values()]))
+    # left padding in batched generation must not change any answer
+    small = evaluate(model_dir=str(tmp / "ft"), suites=["toy-vqa", "toy-mc"], out=str(tmp / "e2.json"),
+                     suite_root=str(suites), batch_size=5, max_new_tokens=6, device="cpu")
+    assert [i["prediction"] for s in small["suites"].values() for i in s["items"]] == \
+        [i["prediction"] for s in big["suites"].values() for i in s["items"]]
+
+
+def test_evaluate_base_model_dir_and_errors(setup):
+    tmp, base, suites = setup
+    res = evaluate(model_dir=str(base), suites=["toy-vqa"], out=str(tmp / "base.json"), suite_root=str(suites),
+                   max_new_tokens=4, device="cpu")
+    assert res["suites"]["toy-vqa"]["n"] == 12
+    with pytest.raises(FileNotFoundError, match="val.jsonl"):
+        evaluate(model_dir=str(base), suites=["toy-count"], out=str(tmp / "x.json"), suite_root=str(suites),
+                 device="cpu")
+    with pytest.raises(FileNotFoundError, match="neither"):
+        evaluate(model_dir=str(tmp), suites=["toy-vqa"], out=str(tmp / "x.json"), suite_root=str(suites))

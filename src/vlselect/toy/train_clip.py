@@ -1,0 +1,131 @@
+"""Train the toy world's tiny open_clip model on the pre-training corpus.
+
+The model is a custom open_clip architecture ("vlselect-toy-clip": 64-px ViT and text transformer, two
+layers of width 64 each, open_clip's bundled BPE tokenizer) registered from a JSON config, so the
+scoring code loads it exactly as it would load ViT-bigG-14. It is trained contrastively with the
+text side computed the way the CLIP score computes it (mean of L2-normalised sentence embeddings,
+see vlselect.scoring.clip), so that the score measures what training optimised.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from vlselect.io import atomic_path, write_json
+from vlselect.runtime import seed_everything
+from vlselect.scoring.clip import encode_answers, encode_images, load_rgb
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME = "vlselect-toy-clip"
+WEIGHTS_NAME = "open_clip_model.safetensors"
+HELD_OUT_FRACTION = 0.1
+N_CANDIDATES = 10  # retrieval: the right caption among this many
+
+
+def toy_clip_config(image_size: int = 64) -> dict:
+    """open_clip model config of the toy CLIP (keys as in open_clip/model_configs/*.json)."""
+    return {
+        "embed_dim": 64,
+        "vision_cfg": {"image_size": image_size, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
+        # Sentences of the toy captions are short; 32 tokens hold them with room to spare and cost far less than 77.
+        "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+    }
+
+
+def train_toy_clip(*, corpus_dir: str, out_dir: str, steps: int, batch_size: int, lr: float, seed: int,
+                   image_size: int = 64) -> None:
+    """Train the toy CLIP on corpus/captions.parquet; writes its config JSON, weights and metrics.json to ``out_dir``.
+
+    metrics.json holds the held-out retrieval accuracy (right caption among 10 for images never trained on),
+    the loss at the start and end of training, and the training time.
+    """
+    import open_clip
+    from safetensors.torch import save_model
+
+    seed_everything(seed)
+    corpus = Path(corpus_dir)
+    captions = pd.read_parquet(corpus / "captions.parquet", columns=["image_path", "caption"])
+    if len(captions) < 2 * N_CANDIDATES:
+        raise ValueError(f"{corpus}/captions.parquet has {len(captions)} rows; the toy CLIP needs at least "
+                         f"{2 * N_CANDIDATES} (raise toy.corpus_size)")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config_path = out / f"{MODEL_NAME}.json"
+    write_json(toy_clip_config(image_size), config_path)
+    open_clip.add_model_config(config_path)
+    model, _, preprocess = open_clip.create_model_and_transforms(MODEL_NAME, pretrained=None)
+    tokenizer = open_clip.get_tokenizer(MODEL_NAME)
+
+    # Decode every image once (the corpus is small); fp16 storage halves the memory.
+    images = torch.stack([preprocess(load_rgb(str(corpus / p))).half() for p in
+                          tqdm(captions["image_path"], desc="decode corpus", file=sys.stderr)])
+    texts = captions["caption"].tolist()
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(captions))
+    n_held = max(N_CANDIDATES, int(round(HELD_OUT_FRACTION * len(captions))))
+    held, train = order[:n_held], order[n_held:]
+
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
+    warmup = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    device = torch.device("cpu")
+    losses = []
+    start = time.perf_counter()
+    model.train()
+    for step in tqdm(range(steps), desc="train toy clip", file=sys.stderr):
+        idx = rng.choice(train, size=min(batch_size, len(train)), replace=False)
+        img = encode_images(model, images[idx].float(), device)
+        txt, _ = encode_answers(model, tokenizer, [texts[i] for i in idx], device)
+        txt = torch.nn.functional.normalize(txt, dim=-1)
+        logits = model.logit_scale.exp() * img @ txt.T
+        target = torch.arange(len(idx))
+        loss = (torch.nn.functional.cross_entropy(logits, target) + torch.nn.functional.cross_entropy(logits.T, target)) / 2
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        losses.append(loss.item())
+    train_seconds = time.perf_counter() - start
+    model.eval()
+
+    accuracy = _retrieval_accuracy(model, tokenizer, images[held].float(), [texts[i] for i in held], rng)
+    with atomic_path(out / WEIGHTS_NAME, ".safetensors") as tmp:
+        save_model(model, str(tmp))
+    window = max(1, min(20, steps // 5))
+    metrics = {
+        "model": MODEL_NAME, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
+        "n_train": int(len(train)), "n_held_out": int(n_held),
+        "loss_start": float(np.mean(losses[:window])), "loss_end": float(np.mean(losses[-window:])),
+        "retrieval_accuracy_at_1_of_10": accuracy, "train_seconds": round(train_seconds, 1),
+    }
+    write_json(metrics, out / "metrics.json")
+    log.info("toy CLIP: held-out retrieval accuracy %.3f (right caption among %d), loss %.3f -> %.3f, %.0f s",
+             accuracy, N_CANDIDATES, metrics["loss_start"], metrics["loss_end"], train_seconds)
+
+
+def _retrieval_accuracy(model, tokenizer, images: torch.Tensor, texts: list[str], rng) -> float:
+    """Share of held-out images whose own caption scores highest among it and 9 other held-out captions."""
+    device = torch.device("cpu")
+    with torch.inference_mode():
+        img = encode_images(model, images, device)
+        txt = torch.cat([encode_answers(model, tokenizer, texts[i:i + 256], device)[0]
+                         for i in range(0, len(texts), 256)])
+    sims = (img @ txt.T).numpy()
+    hits = 0
+    for i in range(len(texts)):
+        others = rng.choice(np.delete(np.arange(len(texts)), i), size=N_CANDIDATES - 1, replace=False)
+        hits += int(sims[i, i] > sims[i, others].max())
+    return hits / len(texts)

@@ -38,7 +38,6 @@ COMMANDS: dict[str, Command] = {
     "train-toy-vlm": Command("vlselect.toy.train_vlm:train_toy_vlm"),
     "import": Command("vlselect.dataset:import_dataset"),
     "export": Command("vlselect.dataset:export_dataset"),
-    "export-subset": Command("vlselect.subsets:export_subset"),
     "score-clip": Command("vlselect.scoring.clip:score_clip"),
     "score-reward": Command("vlselect.scoring.reward:score_reward"),
     "score-length": Command("vlselect.scoring.length:score_length"),

@@ -8,7 +8,7 @@ rule import_dataset:
         manifest=f"{R}/manifest.parquet",
         quarantine=f"{R}/quarantine.parquet",
     params:
-        p=as_json({k: v for k, v in config["dataset"].items() if k != "root"} | {"format": "cc_sbu_align" if TOY else config["dataset"]["format"]}),
+        p=as_json({k: v for k, v in config["dataset"].items() if k != "root"}),
         root=DATA_ROOT,
     log:
         f"{R}/logs/import_dataset.log",

@@ -40,7 +40,7 @@ rule export_subset:
     benchmark:
         f"{R}/benchmarks/export_subset/{{k}}.tsv"
     shell:
-        "vlselect export-subset --manifest {input.manifest} --subsets {input.subsets} --subset {wildcards.k} "
+        "vlselect export --manifest {input.manifest} --sample-ids-file {input.subsets} --subset {wildcards.k} "
         "--out-dir {output} --params {params.p:q} 2> {log}"
 
 

@@ -21,13 +21,14 @@ import sys
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from tqdm import tqdm
 
 from vlselect.io import write_parquet
 from vlselect.models import clip_checksum, load_clip
 from vlselect.runtime import pick_device
 from vlselect.shards import shard_rows
+from vlselect.validate import load_rgb
 
 log = logging.getLogger(__name__)
 
@@ -81,12 +82,6 @@ def encode_answers(model, tokenizer, answers: list[str], device: torch.device) -
 
 def _embed_dim(model) -> int:
     return int(model.visual.output_dim)
-
-
-def load_rgb(path: str) -> Image.Image:
-    """Decode an image the way a camera shows it (EXIF rotation applied), as RGB."""
-    with Image.open(path) as img:
-        return ImageOps.exif_transpose(img).convert("RGB")
 
 
 class _ImageDataset(torch.utils.data.Dataset):

@@ -22,7 +22,8 @@ from tqdm import tqdm
 
 from vlselect.io import atomic_path, write_json
 from vlselect.runtime import seed_everything
-from vlselect.scoring.clip import encode_answers, encode_images, load_rgb
+from vlselect.scoring.clip import encode_answers, encode_images
+from vlselect.validate import load_rgb
 
 log = logging.getLogger(__name__)
 

@@ -367,7 +367,7 @@ def _build_suites(dest: Path, *, seed: int, suite_size: dict, scenes: _SceneSour
 
 def build_toy_world(*, out_dir: str, seed: int = 0, n_examples: int = 3439, image_size: int = 64,
                     corpus_size: int = 6000, suite_size: dict | None = None,
-                    flaw_rates: Sequence[float] = (0.15, 0.35, 0.55, 0.75, 0.9)) -> dict:
+                    flaw_rates: Sequence[float] = (0.15, 0.45, 0.65, 0.85, 0.9)) -> dict:
     """Generate the toy world under ``out_dir``: dataset/, truth.parquet, corpus/ and suites/ (see module doc).
 
     Deterministic: the same arguments give byte-identical files. ``flaw_rates[k]`` is the probability that

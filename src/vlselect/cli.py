@@ -16,6 +16,7 @@ import importlib
 import inspect
 import json
 import sys
+import typing
 from dataclasses import dataclass
 
 from vlselect.runtime import setup_logging
@@ -90,6 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _coerce(value: str, hint) -> object:
+    """Command-line values are strings; convert those the function declares as int or float."""
+    types = typing.get_args(hint) or (hint,)
+    for kind in (int, float):
+        if kind in types:
+            return kind(value)
+    return value
+
+
 def _parse_options(command: Command, argv: list[str]) -> dict:
     """Turn ``--some-name value [value ...]`` pairs into keyword arguments."""
     kwargs: dict = {}
@@ -103,12 +113,13 @@ def _parse_options(command: Command, argv: list[str]) -> dict:
         else:
             kwargs[key].append(token)
     params = kwargs.pop("params", None)
+    hints = typing.get_type_hints(command.function())
     out = {}
     for k, values in kwargs.items():
         if k in command.lists:
             out[k] = values
         elif len(values) == 1:
-            out[k] = values[0]
+            out[k] = _coerce(values[0], hints.get(k))
         else:
             raise SystemExit(f"vlselect: option --{k} takes exactly one value, got {len(values)}")
     if params:

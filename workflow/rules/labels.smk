@@ -2,7 +2,7 @@
 FT = config["finetune"]
 FT_PARAMS = {k: FT[k] for k in ("backend", "trainable", "template", "epochs", "batch_size", "lr", "minigpt4")} | {
     "instruction": config["dataset"]["instruction"], "device": config["scoring"]["device"]}
-EVAL_PARAMS = config["evaluate"] | {"device": config["scoring"]["device"]}
+EVAL_PARAMS = {k: v for k, v in config["evaluate"].items() if k != "suite_root"} | {"device": config["scoring"]["device"]}
 VLM_INPUTS = toy_inputs(VLM)
 
 

@@ -1,0 +1,328 @@
+"""Final selection: spectral clusters for diversity, the selection methods, and imported scores.
+
+Every diversity method (selector, weights, <indicator>_only) follows InstructionGPT-4: each spectral
+cluster C contributes its best max(1, floor(quota_m * |C| / N)) examples by score, then the overall
+best n_select of that pool are kept. Scores are compared as floats (never rounded) and ties go to the
+smaller sample_id, so a selection is reproducible to the example.
+
+Weighted score (methods "weights" and "no_cluster"): F(x) = sum_i w_i * z_i(x) / sum_i w_i, with z_i the
+z-score of indicator i over the dataset. z-scores, not min-max, because one outlier would squeeze a
+min-max range, and because the "why" column speaks in the same units (σ). An example whose indicator i
+was not scored (NaN) gets z_i = 0, the dataset average, and the number of such examples is logged.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from sklearn.cluster import SpectralClustering
+from sklearn.neighbors import kneighbors_graph
+
+from vlselect.io import read_parquet_metadata, sha256_file, write_parquet
+from vlselect.subsets import load_image_features
+
+log = logging.getLogger(__name__)
+
+DIVERSITY = ("selector", "weights", "clip_only", "length_only", "reward_only", "gpt_only")
+METHODS = DIVERSITY + ("random", "full", "no_cluster")
+
+
+# ----------------------------------------------------------------------------------------------- indicators
+def indicator_name(path: str) -> str:
+    """The indicator a score file holds: its metadata "indicator", else the file name stem."""
+    return str(read_parquet_metadata(path).get("indicator") or Path(path).stem)
+
+
+def read_indicators(paths: list[str], sample_ids: list[str]) -> tuple[pd.DataFrame, list[str]]:
+    """Raw indicator values aligned to ``sample_ids`` (one column per indicator; NaN unless status "ok").
+
+    Returns (table, unusable) where unusable names the indicators with no usable value at all
+    (e.g. the GPT score when it was skipped); their columns are left out of the table.
+    """
+    table = pd.DataFrame(index=pd.Index(sample_ids, name="sample_id"))
+    unusable = []
+    for path in paths:
+        name = indicator_name(path)
+        if name in table.columns:
+            raise ValueError(f"indicator {name!r} given twice (second file {path})")
+        df = pd.read_parquet(path, columns=["sample_id", "score", "status"])
+        if df["sample_id"].duplicated().any():
+            raise ValueError(f"{path}: duplicated sample_id values; re-run the scoring step")
+        values = df["score"].astype(float).where(df["status"] == "ok")
+        series = pd.Series(values.to_numpy(), index=df["sample_id"].astype(str)).reindex(table.index)
+        n_missing = int(series.isna().sum())
+        if not series.notna().any():
+            unusable.append(name)
+            log.warning("indicator %r (%s) has no usable score (all NaN/skipped/failed); it is left out", name, path)
+            continue
+        if n_missing:
+            log.info("indicator %r: %d of %d examples have no score", name, n_missing, len(series))
+        table[name] = series
+    return table, unusable
+
+
+def zscore(values: pd.Series) -> pd.Series:
+    """(x - mean) / std over the scored examples; a constant indicator gives 0 everywhere it is scored."""
+    std = values.std(ddof=0)
+    return (values - values.mean()) / (std if std > 0 else 1.0)
+
+
+# ------------------------------------------------------------------------------------------------- clusters
+def knn_affinity(x: np.ndarray, n_neighbors: int) -> sp.csr_matrix:
+    """Sparse k-nearest-neighbour distance graph (N x N with N*k entries; never a dense N x N matrix)."""
+    return kneighbors_graph(x, n_neighbors=n_neighbors, mode="distance", include_self=False)
+
+
+def spectral_clusters(*, features_dir: str, out: str, n_clusters: int = 10, n_neighbors: int = 10, seed: int = 0,
+                      eigen_solver: str = "arpack") -> None:
+    """Spectral clustering of the L2-normalised image embeddings into ``n_clusters`` (writes sample_id, cluster).
+
+    The affinity is the symmetrised k-nearest-neighbour connectivity graph, kept sparse so memory grows
+    with N * n_neighbors rather than N^2. Labels are assigned by cluster_qr (deterministic, no k-means
+    restarts). ``eigen_solver`` is sklearn's ("arpack" or "lobpcg"; lobpcg can be faster at large N).
+    """
+    x, ids = load_image_features(features_dir)
+    if len(ids) <= max(n_clusters, n_neighbors):
+        raise ValueError(f"{len(ids)} examples are too few for {n_clusters} clusters with {n_neighbors} neighbours; "
+                         "lower selection.n_clusters")
+    graph = knn_affinity(x, n_neighbors)
+    model = SpectralClustering(n_clusters=n_clusters, affinity="precomputed_nearest_neighbors",
+                               n_neighbors=n_neighbors, assign_labels="cluster_qr", eigen_solver=eigen_solver,
+                               random_state=seed)
+    labels = model.fit_predict(graph)
+    if not sp.issparse(model.affinity_matrix_):  # the whole point: fail loudly rather than go quadratic
+        raise RuntimeError("spectral clustering built a dense affinity matrix")
+    sizes = np.bincount(labels, minlength=n_clusters)
+    write_parquet(pd.DataFrame({"sample_id": ids, "cluster": labels.astype(np.int64)}), out,
+                  metadata={"n_clusters": n_clusters, "n_neighbors": n_neighbors, "seed": seed,
+                            "affinity": "sparse_knn", "affinity_nnz": int(model.affinity_matrix_.nnz),
+                            "sizes": sizes.tolist()})
+    log.info("%d spectral clusters; sizes %s", n_clusters, sizes.tolist())
+
+
+# ------------------------------------------------------------------------------------------------ selection
+def _order(score: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Indices by score descending, ties by sample_id ascending (full float comparison)."""
+    return np.lexsort((ids, -score))
+
+
+def cluster_quotas(sizes: dict[int, int], quota_m: int) -> dict[int, int]:
+    """max(1, floor(quota_m * |C| / N)) per cluster (integer arithmetic, so no float rounding)."""
+    total = sum(sizes.values())
+    return {c: max(1, (quota_m * n) // total) for c, n in sizes.items()}
+
+
+def diverse_top(score: np.ndarray, ids: np.ndarray, cluster: np.ndarray, n_select: int, quota_m: int) -> np.ndarray:
+    """Each cluster's best by quota, then the overall best n_select; indices in rank order.
+
+    Examples with a NaN score cannot be ranked and are never chosen.
+    """
+    ok = np.isfinite(score)
+    sizes = {int(c): int(n) for c, n in zip(*np.unique(cluster, return_counts=True))}
+    quotas = cluster_quotas(sizes, quota_m)
+    pool = []
+    for c, q in quotas.items():
+        members = np.flatnonzero((cluster == c) & ok)
+        pool.append(members[_order(score[members], ids[members])][:q])
+    pool = np.concatenate(pool)
+    if len(pool) < n_select:
+        raise ValueError(f"the cluster quotas (quota_m={quota_m}, {len(quotas)} clusters) yield only {len(pool)} "
+                         f"rankable candidates, fewer than n_select={n_select} (flooring each quota loses up to one "
+                         f"per cluster); set selection.quota_m >= {n_select + len(quotas) - 1} or lower n_select")
+    log.info("cluster quotas %s give a pool of %d", quotas, len(pool))
+    return pool[_order(score[pool], ids[pool])][:n_select]
+
+
+def _why(z: pd.DataFrame, weights: dict[str, float] | None, quality_z: np.ndarray | None) -> list[str]:
+    """Short text naming the indicators that carried each example, e.g. "clip +1.8σ, reward +1.2σ"."""
+    if z.shape[1] == 0 and quality_z is None:
+        return [""] * len(z)
+    names = list(z.columns)
+    zv = z.to_numpy()
+    # Contribution: weight x z for weighted scores, plain z otherwise; unweighted or unscored never lead.
+    w = np.array([weights.get(n, 0.0) for n in names]) if weights else np.ones(len(names))
+    contrib = np.where(np.isnan(zv) | (w == 0), -np.inf, zv * w)
+    top = np.argsort(-contrib, axis=1, kind="stable")[:, :2] if names else np.zeros((len(z), 0), dtype=int)
+    out = []
+    for row in range(len(z)):
+        parts = [] if quality_z is None else [f"quality {quality_z[row]:+.1f}σ"]
+        parts += [f"{names[j]} {zv[row, j]:+.1f}σ" for j in top[row] if np.isfinite(contrib[row, j])]
+        out.append(", ".join(parts))
+    return out
+
+
+def select(*, method: str, manifest: str, scores: list[str], clusters: str | None, out_dir: str,
+           n_select: int = 200, quota_m: int = 204, weights: dict[str, float] | None = None,
+           predictions: str | None = None, seed: int = 0) -> None:
+    """Select n_select examples by ``method``; write selected/rejected/ids parquet files under ``out_dir``.
+
+    Methods: selector (learned quality), weights (weighted z-scores), <indicator>_only (one indicator), all
+    three with the cluster quotas; no_cluster (weighted z-scores, no quotas); random (seeded draw); full
+    (every example). selected.parquet: sample_id, rank (1 = best), score, cluster, why, each indicator's
+    raw value and <name>_z, and quality for the selector; rejected.parquet: the rest, rank null;
+    ids.parquet: sample_id in rank order (what export reads).
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown selection method {method!r}; choose one of {', '.join(METHODS)}")
+    ids_list = pd.read_parquet(manifest, columns=["sample_id"])["sample_id"].astype(str).tolist()
+    ids = np.asarray(ids_list, dtype=object).astype(str)
+    n = len(ids)
+    raw, unusable = read_indicators(list(scores), ids_list)
+    zs = raw.apply(zscore)
+    table = pd.concat([raw, zs.add_suffix("_z")], axis=1).reset_index()
+
+    cluster = None
+    if clusters:
+        cl = pd.read_parquet(clusters, columns=["sample_id", "cluster"])
+        cluster_s = pd.Series(cl["cluster"].to_numpy(), index=cl["sample_id"].astype(str)).reindex(ids)
+        if cluster_s.isna().any() and method in DIVERSITY:
+            raise ValueError(f"{clusters} has no cluster for {int(cluster_s.isna().sum())} manifest examples; "
+                             "re-run spectral_clusters on the current features")
+        cluster = cluster_s.to_numpy()
+    elif method in DIVERSITY:
+        raise ValueError(f"method {method!r} needs clusters (selection/clusters.parquet)")
+    table["cluster"] = pd.array(cluster, dtype="Int64") if cluster is not None else pd.array([None] * n, "Int64")
+
+    used_weights = None
+    quality_z = None
+    meta = {"method": method, "seed": seed, "unusable_indicators": unusable}
+    if method == "selector":
+        if not predictions:
+            raise ValueError("method 'selector' needs --predictions (selector/predictions.parquet); run predict first")
+        pred = pd.read_parquet(predictions, columns=["sample_id", "quality"])
+        q = pd.Series(pred["quality"].to_numpy(float), index=pred["sample_id"].astype(str)).reindex(ids)
+        if q.isna().any():
+            raise ValueError(f"{predictions} lacks a quality for {int(q.isna().sum())} manifest examples; re-run predict")
+        table["quality"] = q.to_numpy()
+        score = q.to_numpy()
+        quality_z = zscore(q).to_numpy()
+    elif method in ("weights", "no_cluster"):
+        used_weights = _usable_weights(weights, list(raw.columns), unusable)
+        score = sum(w * zs[k].fillna(0.0).to_numpy() for k, w in used_weights.items())
+        for k in used_weights:
+            if raw[k].isna().any():
+                log.warning("indicator %r: %d examples without a score count as its average (z = 0)", k,
+                            int(raw[k].isna().sum()))
+        meta["weights"] = used_weights
+        meta["normalisation"] = "zscore"
+    elif method.endswith("_only"):
+        name = method[: -len("_only")]
+        if name not in raw.columns:
+            why = "has no usable score" if name in unusable else "was not given among the score files"
+            hint = " (enable scoring.gpt with an endpoint, or import GPT scores)" if name == "gpt" else ""
+            raise ValueError(f"method {method!r}: indicator {name!r} {why}{hint}; choose another method")
+        score = raw[name].to_numpy(float)
+        used_weights = {name: 1.0}
+    else:
+        score = np.full(n, np.nan)
+    table["score"] = score
+
+    if method == "full":
+        chosen = np.arange(n)
+    elif n_select > n:
+        raise ValueError(f"n_select={n_select} exceeds the {n} examples in the manifest; lower selection.n_select")
+    elif method == "random":
+        chosen = np.random.default_rng(seed).choice(n, size=n_select, replace=False)
+    elif method == "no_cluster":
+        chosen = _order(score, ids)[:n_select]
+    else:
+        chosen = diverse_top(score, ids, cluster, n_select, quota_m)
+    assert len(set(chosen.tolist())) == len(chosen)
+
+    if method == "random":
+        table["why"] = f"random draw (seed {seed})"
+    elif method == "full":
+        table["why"] = "full dataset"
+    else:
+        table["why"] = _why(zs, used_weights, quality_z)
+    rank = pd.array([None] * n, dtype="Int64")
+    rank[chosen] = np.arange(1, len(chosen) + 1)
+    table["rank"] = rank
+    lead = ["sample_id", "rank", "score", "cluster", "why"]
+    table = table[lead + [c for c in table.columns if c not in lead]]
+    selected = table.iloc[chosen].reset_index(drop=True)
+    mask = np.ones(n, dtype=bool)
+    mask[chosen] = False
+    rejected = table[mask]
+    rejected = rejected.iloc[_order(rejected["score"].fillna(-np.inf).to_numpy(), rejected["sample_id"].to_numpy(
+        str))].reset_index(drop=True)
+    meta |= {"n_select": len(chosen), "quota_m": quota_m}
+    out_dir = Path(out_dir)
+    write_parquet(selected, out_dir / "selected.parquet", metadata=meta)
+    write_parquet(rejected, out_dir / "rejected.parquet", metadata=meta)
+    write_parquet(selected[["sample_id"]], out_dir / "ids.parquet", metadata=meta)
+    log.info("%s: selected %d of %d examples", method, len(chosen), n)
+
+
+def _usable_weights(weights: dict[str, float] | None, available: list[str], unusable: list[str]) -> dict[str, float]:
+    """Drop weights of indicators that are missing or unusable (warning by name) and renormalise to sum 1."""
+    if not weights:
+        raise ValueError("methods 'weights' and 'no_cluster' need selection.weights, e.g. {clip: 1, reward: 1}")
+    kept = {}
+    for name, w in weights.items():
+        if name in available:
+            kept[name] = float(w)
+        else:
+            reason = "has no usable score" if name in unusable else "has no score file"
+            log.warning("indicator %r %s; its weight %.3g is dropped and the others renormalised", name, reason, w)
+    for name in available:
+        if name not in weights:
+            log.info("indicator %r has no weight in selection.weights; it does not count", name)
+    total = sum(kept.values())
+    if not kept or total == 0:
+        raise ValueError(f"no usable weighted indicator left (weights {weights}, usable {available}); "
+                         "give a nonzero weight to an indicator that has scores")
+    return {k: w / total for k, w in kept.items()}
+
+
+# ------------------------------------------------------------------------------------ bring your own scores
+def import_scores(*, path: str, out_dir: str, columns: dict[str, str], id_column: str = "sample_id",
+                  manifest: str | None = None) -> None:
+    """Turn a table of your own per-sample scores into scores/<indicator>.parquet files (contract format).
+
+    ``path`` is parquet, CSV, JSON (records) or JSON Lines; ``columns`` maps indicator name to column,
+    e.g. {"clip": "my_clip", "gpt": "gpt4_rating"}. Each output has sample_id, score (float), status
+    ("ok" where the value is a number, "skipped" where empty) and metadata naming the source file and
+    its sha256, so a changed file is detectable. With ``manifest`` the rows follow manifest order and
+    every manifest example must be present.
+    """
+    src = Path(path)
+    suffix = src.suffix.lower()
+    if suffix == ".parquet":
+        df = pd.read_parquet(src)
+    elif suffix == ".csv":
+        df = pd.read_csv(src, dtype={id_column: str})
+    elif suffix in (".jsonl", ".ndjson"):
+        df = pd.read_json(src, lines=True, dtype={id_column: str})
+    elif suffix == ".json":
+        df = pd.read_json(src, dtype={id_column: str})
+    else:
+        raise ValueError(f"{path}: unsupported score file type {suffix!r}; use .parquet, .csv, .json or .jsonl")
+    needed = [id_column] + list(columns.values())
+    missing = [c for c in needed if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path} lacks column(s) {missing}; it has {list(df.columns)}")
+    df[id_column] = df[id_column].astype(str)
+    if df[id_column].duplicated().any():
+        raise ValueError(f"{path}: {int(df[id_column].duplicated().sum())} duplicated ids in column {id_column!r}")
+    if manifest:
+        order = pd.read_parquet(manifest, columns=["sample_id"])["sample_id"].astype(str)
+        absent = ~order.isin(df[id_column])
+        if absent.any():
+            raise ValueError(f"{path} has no row for {int(absent.sum())} manifest examples "
+                             f"(first: {order[absent].iloc[0]!r}); score every example or leave the value empty")
+        df = df.set_index(id_column).loc[order.tolist()].reset_index()
+    checksum = sha256_file(src)
+    for name, column in columns.items():
+        score = pd.to_numeric(df[column], errors="raise").astype(float)
+        out = pd.DataFrame({"sample_id": df[id_column].to_numpy(), "score": score.to_numpy(),
+                            "status": np.where(score.notna(), "ok", "skipped")})
+        write_parquet(out, Path(out_dir) / f"{name}.parquet",
+                      metadata={"indicator": name, "model": "imported", "source": str(src), "column": column,
+                                "checksum": checksum})
+        log.info("imported %s from column %r: %d scored, %d empty", name, column, int(score.notna().sum()),
+                 int(score.isna().sum()))

@@ -1,0 +1,112 @@
+"""The learned selector: cross-validation report, determinism, and recovering a known quality signal."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from vlselect.io import write_parquet
+from vlselect.selector import predict, train_selector
+
+torch.set_num_threads(1)
+
+N, N_SUBSETS, SUBSET_SIZE = 640, 20, 30  # 600 examples in subsets, 40 outside (like balance-trimmed ones)
+
+
+def score_file(path, ids, values, indicator, status=None):
+    status = status if status is not None else np.where(np.isnan(values), "failed", "ok")
+    write_parquet(pd.DataFrame({"sample_id": ids, "score": values, "status": status}), path,
+                  metadata={"indicator": indicator, "model": "synthetic"})
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Quality is a known linear function of the clip indicator; reward is noise; gpt was never scored.
+
+    Subsets group examples with similar latent quality (as k-means on features does with sources), so
+    subset labels differ and carry signal about the per-example indicator.
+    """
+    root = tmp_path_factory.mktemp("selector")
+    rng = np.random.default_rng(0)
+    ids = [f"x{i:04d}" for i in range(N)]
+    latent = rng.normal(size=N)
+    clip = 2.0 * latent + 0.3 * rng.normal(size=N) + 25.0
+    clip[5] = np.nan  # one failed score must not break anything
+    reward = rng.normal(size=N)
+    quality = latent  # the truth the labels come from
+    pcs = rng.normal(size=(N, 4))
+    write_parquet(pd.DataFrame({"sample_id": ids, "img_pc0": pcs[:, 0], "img_pc1": pcs[:, 1],
+                                "txt_pc0": pcs[:, 2], "txt_pc1": pcs[:, 3]}), root / "pca.parquet")
+    scores = [score_file(root / "clip.parquet", ids, clip, "clip"),
+              score_file(root / "reward.parquet", ids, reward, "reward"),
+              score_file(root / "gpt.parquet", ids, np.full(N, np.nan), "gpt", status=np.full(N, "skipped"))]
+    order = np.argsort(latent[: N_SUBSETS * SUBSET_SIZE] + 0.5 * rng.normal(size=N_SUBSETS * SUBSET_SIZE))
+    subset = np.empty(N_SUBSETS * SUBSET_SIZE, dtype=np.int64)
+    subset[order] = np.arange(N_SUBSETS * SUBSET_SIZE) // SUBSET_SIZE
+    write_parquet(pd.DataFrame({"sample_id": ids[: N_SUBSETS * SUBSET_SIZE], "subset": subset}),
+                  root / "subsets.parquet")
+    labels = [quality[: N_SUBSETS * SUBSET_SIZE][subset == k].mean() * 0.1 + 0.5 for k in range(N_SUBSETS)]
+    write_parquet(pd.DataFrame({"subset": np.arange(N_SUBSETS), "label": labels}), root / "labels.parquet")
+    common = dict(scores=scores, pca=str(root / "pca.parquet"), subsets=str(root / "subsets.parquet"),
+                  labels=str(root / "labels.parquet"))
+    return root, ids, quality, common
+
+
+def test_report_fields_auto_choice_and_skipped_indicator(world):
+    root, ids, quality, common = world
+    out = root / "auto"
+    train_selector(**common, out_dir=str(out), arch="auto", epochs=80, lr=0.02)
+    report = json.loads((out / "report.json").read_text())
+    for name in ("linear", "mlp", "attention", "constant"):
+        assert np.isfinite(report["cv"][name]["mse"]) and len(report["cv"][name]["fold_mse"]) == 5
+    assert report["arch"] == min(("linear", "mlp", "attention"), key=lambda a: report["cv"][a]["mse"])
+    assert report["skipped_indicators"] == ["gpt"]
+    assert report["features"] == ["clip", "reward", "img_pc0", "img_pc1", "txt_pc0", "txt_pc1"]
+    # The signal is strong: the chosen model must beat predicting the mean label.
+    assert report["cv"][report["arch"]]["mse"] < 0.5 * report["cv"]["constant"]["mse"]
+    spec = json.loads((out / "model.json").read_text())
+    assert spec["arch"] == report["arch"] and spec["indicators"] == ["clip", "reward"]
+    assert len(spec["feature_stats"]["mean"]) == spec["in_dim"] == 6
+
+
+@pytest.mark.parametrize("arch", ["linear", "mlp", "attention"])
+def test_predictions_cover_everyone_and_track_quality(world, arch):
+    root, ids, quality, common = world
+    out = root / arch
+    train_selector(**common, out_dir=str(out), arch=arch, epochs=80, lr=0.02)
+    predict(model_dir=str(out), scores=common["scores"], pca=common["pca"], out=str(out / "pred.parquet"))
+    pred = pd.read_parquet(out / "pred.parquet")
+    assert pred["sample_id"].tolist() == ids  # including the 40 examples in no subset
+    assert pred["quality"].notna().all()
+    outside = slice(N_SUBSETS * SUBSET_SIZE, N)
+    assert np.corrcoef(pred["quality"], quality)[0, 1] > 0.6
+    assert np.corrcoef(pred["quality"][outside], quality[outside])[0, 1] > 0.6
+
+
+def test_training_is_deterministic(world):
+    root, _, _, common = world
+    for name in ("det_a", "det_b"):
+        train_selector(**common, out_dir=str(root / name), arch="attention", epochs=30)
+    a, b = (root / "det_a" / "model.safetensors").read_bytes(), (root / "det_b" / "model.safetensors").read_bytes()
+    assert a == b
+    ra, rb = (json.loads((root / n / "report.json").read_text())["cv"] for n in ("det_a", "det_b"))
+    assert ra == rb
+
+
+def test_predict_refuses_missing_trained_indicator(world):
+    root, ids, _, common = world
+    out = root / "missing"
+    train_selector(**common, out_dir=str(out), arch="linear", epochs=10)
+    with pytest.raises(ValueError, match="clip"):
+        predict(model_dir=str(out), scores=common["scores"][1:], pca=common["pca"], out=str(out / "p.parquet"))
+
+
+def test_unknown_arch_is_rejected(world):
+    root, _, _, common = world
+    with pytest.raises(ValueError, match="unknown selector arch 'transformer'"):
+        train_selector(**common, out_dir=str(root / "bad"), arch="transformer")

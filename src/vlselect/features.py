@@ -19,10 +19,9 @@ import torch
 from tqdm import tqdm
 
 from vlselect.io import atomic_path, write_npy, write_parquet
-from vlselect.models import load_clip, load_text_encoder
+from vlselect.models import load_text_encoder
 from vlselect.runtime import pick_device
-from vlselect.scoring.clip import autocast, embed_rows, run_in_chunks
-from vlselect.shards import shard_rows
+from vlselect.scoring.clip import autocast, embed_manifest_shard, run_in_chunks
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +37,10 @@ def embed(*, manifest: str, out_dir: str, model: str, pretrained: str | None, mo
     if pooling not in ("mean", "cls"):
         raise ValueError(f"pooling must be 'mean' or 'cls', not {pooling!r}")
     dev = pick_device(device)
-    df = pd.read_parquet(manifest, columns=["sample_id", "image_path", "answer"])
-    df = df.iloc[shard_rows(len(df), shard, n_shards)].reset_index(drop=True)
-    clip, preprocess, tokenizer = load_clip(model=model, pretrained=pretrained, model_config_dir=model_config_dir,
-                                            device=dev, cache_dir=cache_dir)
-    image, text, ok, _, errors = embed_rows(
-        clip, preprocess, tokenizer, image_paths=df["image_path"].tolist(), answers=df["answer"].tolist(),
-        batch_size=batch_size, num_workers=num_workers, device=dev)
+    df, (image, text, ok, _, errors) = embed_manifest_shard(
+        manifest=manifest, model=model, pretrained=pretrained, model_config_dir=model_config_dir,
+        cache_dir=cache_dir, batch_size=batch_size, num_workers=num_workers, device=dev, shard=shard,
+        n_shards=n_shards)
     if not ok.all():
         bad = [f"{sid} ({err})" for sid, err, good in zip(df["sample_id"], errors, ok) if not good]
         raise RuntimeError(f"{len(bad)} images could not be decoded, e.g. {bad[:3]}; the manifest should hold only "

@@ -132,6 +132,22 @@ def run_in_chunks(fn, n: int, chunk: int, on_oom_state: dict | None = None) -> l
     return results
 
 
+def embed_manifest_shard(*, manifest: str, model: str, pretrained: str | None, model_config_dir: str | None,
+                         cache_dir: str | None, batch_size: int, num_workers: int, device, shard: int,
+                         n_shards: int):
+    """This shard's manifest rows and their :func:`embed_rows` result, with the CLIP model loaded once.
+
+    Shared by the CLIP score and the feature embeddings so both read the same rows the same way.
+    """
+    df = pd.read_parquet(manifest, columns=["sample_id", "image_path", "answer"])
+    df = df.iloc[shard_rows(len(df), shard, n_shards)].reset_index(drop=True)
+    clip, preprocess, tokenizer = load_clip(model=model, pretrained=pretrained, model_config_dir=model_config_dir,
+                                            device=device, cache_dir=cache_dir)
+    return df, embed_rows(clip, preprocess, tokenizer, image_paths=df["image_path"].tolist(),
+                          answers=df["answer"].tolist(), batch_size=batch_size, num_workers=num_workers,
+                          device=device)
+
+
 def embed_rows(model, preprocess, tokenizer, *, image_paths: list[str], answers: list[str], batch_size: int,
                num_workers: int, device: torch.device):
     """Batched CLIP embeddings of images and answers, in input order.
@@ -199,14 +215,10 @@ def score_clip(*, manifest: str, out: str, model: str, pretrained: str | None, m
     Writes ``out`` (sample_id, score, status) for this shard's rows in manifest order; an image that fails
     to decode gets status "failed", an answer without sentences "skipped", both with score NaN.
     """
-    dev = pick_device(device)
-    df = pd.read_parquet(manifest, columns=["sample_id", "image_path", "answer"])
-    df = df.iloc[shard_rows(len(df), shard, n_shards)].reset_index(drop=True)
-    clip, preprocess, tokenizer = load_clip(model=model, pretrained=pretrained, model_config_dir=model_config_dir,
-                                            device=dev, cache_dir=cache_dir)
-    img, txt, ok, n_sent, errors = embed_rows(
-        clip, preprocess, tokenizer, image_paths=df["image_path"].tolist(), answers=df["answer"].tolist(),
-        batch_size=batch_size, num_workers=num_workers, device=dev)
+    df, (img, txt, ok, n_sent, errors) = embed_manifest_shard(
+        manifest=manifest, model=model, pretrained=pretrained, model_config_dir=model_config_dir,
+        cache_dir=cache_dir, batch_size=batch_size, num_workers=num_workers, device=pick_device(device),
+        shard=shard, n_shards=n_shards)
     scores = 100.0 * (img * txt).sum(axis=1)
     status = np.where(~ok, "failed", np.where(n_sent == 0, "skipped", "ok"))
     scores = np.where(status == "ok", scores, np.nan)

@@ -3,6 +3,7 @@ import json
 from pathlib import Path
 
 from vlselect.config import validate_config
+from vlselect.shards import parse_scatteritem
 
 validate_config(config)
 

@@ -12,8 +12,8 @@ rule embed_shard:
     params:
         p=as_json(CLIP | {k: config["scoring"][k] for k in ("batch_size", "num_workers", "device")} | {k: v for k, v in config["features"].items() if k != "pca_dim"}),
         out=f"{R}/features/shards/{{scatteritem}}",
-        shard=lambda w: int(w.scatteritem.split("-of-")[0]) - 1,
-        n_shards=lambda w: int(w.scatteritem.split("-of-")[1]),
+        shard=lambda w: parse_scatteritem(w.scatteritem)[0],
+        n_shards=lambda w: parse_scatteritem(w.scatteritem)[1],
     log:
         f"{R}/logs/embed/{{scatteritem}}.log",
     benchmark:

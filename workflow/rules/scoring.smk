@@ -44,8 +44,8 @@ else:
         params:
             p=lambda w: to_json(SCORE_PARAMS[w.indicator]),
             cmd=lambda w: f"score-{w.indicator}",
-            shard=lambda w: int(w.scatteritem.split("-of-")[0]) - 1,
-            n_shards=lambda w: int(w.scatteritem.split("-of-")[1]),
+            shard=lambda w: parse_scatteritem(w.scatteritem)[0],
+            n_shards=lambda w: parse_scatteritem(w.scatteritem)[1],
         wildcard_constraints:
             indicator="clip|reward|length|gpt",
         log:

@@ -1,6 +1,8 @@
 """profiles/slurm on a real single-node SLURM cluster (tests/slurm_cluster.py).
 
-Runs the 3-rule smoke workflow in tests/slurm_smoke/ with `snakemake --profile profiles/slurm`
+Runs the tiny toy config through the real workflow with `snakemake --profile profiles/slurm` and
+checks that every job went through sbatch and that the outputs equal the local run's
+(tests/conftest.py). Runs the 3-rule smoke workflow in tests/slurm_smoke/ with `snakemake --profile profiles/slurm`
 plus a test override profile (no account, no GPU requests, short status polling), and checks
 that the jobs really went through sbatch, landed on the partitions the profile names, and give
 the same outputs as a local run; then cancels one job mid-run and checks that the retry
@@ -15,16 +17,25 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
 from slurm_cluster import LocalSlurm
+from workflow_helpers import SNAKEMAKE, write_config
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = REPO / "tests" / "slurm_smoke"
 SLURM_PROFILE = REPO / "profiles" / "slurm"
 LOCAL_PROFILE = REPO / "profiles" / "local"
 RUN_TIMEOUT_S = 240
+TINY_TIMEOUT_S = 1500
+# Outputs of the tiny run that must not depend on where the jobs ran: indicator scores, features,
+# subsets, genuine labels, the selector's predictions, every selection and the final comparison.
+COMPARED = ["manifest.parquet", "scores/clip.parquet", "scores/reward.parquet", "scores/length.parquet",
+            "features/pca.parquet", "labels/subsets.parquet", "labels/labels.parquet", "selector/predictions.parquet",
+            "final/table.csv", "final/judge.json"]
+GPU_RULES = {"embed_shard", "score_shard", "finetune_subset", "evaluate_subset", "finetune_final", "evaluate_final"}
 
 
 @pytest.fixture(scope="module")
@@ -154,3 +165,44 @@ def test_cancelled_job_is_retried_and_its_partial_output_discarded(cluster, tmp_
     dry = subprocess.run(_snakemake_cmd(profiles, *config, "--dry-run"), cwd=wf, env=cluster.env(),
                          capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
     assert dry.returncode == 0 and "Nothing to be done" in dry.stdout + dry.stderr, dry.stdout + dry.stderr
+
+
+@pytest.mark.slow
+def test_tiny_workflow_through_the_profile_equals_the_local_run(cluster, tiny_run, tmp_path):
+    local, config = tiny_run
+    wd = tmp_path / "slurm_run"
+    wd.mkdir()
+    write_config(wd, config)
+    profiles = [SLURM_PROFILE, _override_profile(tmp_path / "override")]
+    cmd = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(wd), "--configfile", str(wd / "config.yaml")]
+    for p in profiles:
+        cmd += ["--profile", str(p)]
+    env = cluster.env()
+    # the jobs call the `vlselect` entry point of this environment (sbatch exports the environment)
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    proc = subprocess.run(cmd, cwd=wd, env=env, capture_output=True, text=True, timeout=TINY_TIMEOUT_S)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"{log[-6000:]}\n{cluster.log_tail()}"
+
+    jobs = [j for j in cluster.jobs() if j["name"] == _run_id(log)]
+    by_rule = {}
+    for j in jobs:
+        by_rule.setdefault(re.match(r"rule_([a-z_]+?)(_wildcards_.*)?$", j["comment"]).group(1), []).append(j)
+    assert all(j["state"] == "COMPLETED" for j in jobs), jobs
+    # every rule of the run but `all` was a SLURM job, the GPU rules on the GPU partition
+    assert {"toy_world", "train_toy_vlm", "finetune_subset", "evaluate_subset", "train_selector", "select",
+            "finetune_final", "final_table", "judge_pair"} <= set(by_rule), sorted(by_rule)
+    assert len(by_rule["finetune_subset"]) == config["labels"]["n_subsets"]
+    for rule, rule_jobs in by_rule.items():
+        assert {j["partition"] for j in rule_jobs} == ({"gpu"} if rule in GPU_RULES else {"cpu"}), rule
+
+    for rel in COMPARED:
+        a, b = local / "results" / rel, wd / "results" / rel
+        if rel.endswith(".parquet"):
+            pd.testing.assert_frame_equal(pd.read_parquet(b), pd.read_parquet(a), check_exact=True, obj=rel)
+        else:
+            assert b.read_text() == a.read_text(), rel
+    for method in config["selection"]["methods"]:
+        rel = f"selection/{method}/selected.parquet"
+        pd.testing.assert_frame_equal(pd.read_parquet(wd / "results" / rel), pd.read_parquet(local / "results" / rel),
+                                      check_exact=True, obj=rel)

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from vlselect.dataset import import_dataset
-from workflow_helpers import planned_jobs, snakemake, tiny_config, write_config
+from workflow_helpers import planned_jobs, tiny_config, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -16,12 +16,8 @@ EXPENSIVE = {"toy_world", "train_toy_clip", "train_toy_reward", "train_toy_vlm",
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("tiny_run")
-    config = tiny_config()
-    write_config(workdir, config)
-    snakemake(workdir, "--cores", "2")
-    return workdir, config
+def run(tiny_run):
+    return tiny_run
 
 
 def test_every_stage_wrote_its_outputs(run):

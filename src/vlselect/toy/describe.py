@@ -90,15 +90,19 @@ def _relation(a: dict, b: dict, rng: np.random.Generator) -> str:
 
 
 def describe_sentences(objects: Sequence[dict], rng: np.random.Generator, *, background: str | None = None,
-                       said_count: int | None = None) -> list[str]:
-    """The sentences (1-5) of a description of ``objects``; ``said_count`` replaces the true count (a lie)."""
+                       said_count: int | None = None, background_share: float = 0.5) -> list[str]:
+    """The sentences (1-5) of a description of ``objects``; ``said_count`` replaces the true count (a lie).
+
+    ``background_share`` is the probability that the overview names the background (when one is given).
+    """
     if not objects:
         raise ValueError("describe needs at least one object")
     if background is not None and background not in BACKGROUND_PHRASES:
         raise ValueError(f"unknown background {background!r}; use one of {sorted(BACKGROUND_PHRASES)}")
     n = len(objects) if said_count is None else said_count
-    # Mention the background about half the time: sources differ in style, and real answers sometimes say so.
-    bg = BACKGROUND_PHRASES[background] if background is not None and rng.random() < 0.5 else ""
+    # Dataset answers name the background about half the time (sources differ in style, and real answers sometimes
+    # say so); the pre-training corpus always does, as alt-text-like captions that state the scene.
+    bg = BACKGROUND_PHRASES[background] if background is not None and rng.random() < background_share else ""
     objs = list(objects)
     if rng.random() < 0.3:  # mostly reading order, sometimes not
         rng.shuffle(objs)
@@ -134,9 +138,10 @@ def _unique_objects(objects: Iterable[dict]) -> list[dict]:
     return [o for o, k in zip(objects, keys) if keys.count(k) == 1]
 
 
-def describe(objects: Sequence[dict], rng: np.random.Generator, *, background: str | None = None) -> str:
+def describe(objects: Sequence[dict], rng: np.random.Generator, *, background: str | None = None,
+             background_share: float = 0.5) -> str:
     """A clean, correct description of ``objects`` (1-5 sentences) with wording drawn from ``rng``."""
-    return " ".join(describe_sentences(objects, rng, background=background))
+    return " ".join(describe_sentences(objects, rng, background=background, background_share=background_share))
 
 
 # ---- flaws -------------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 STAGE1_TEMPLATE = "<Img><ImageHere></Img> {answer}"
 # words of the stage-2 template and the suites' questions, so they get their own (untrained) ids instead of <unk>
+INSTRUCTION = "Describe this image in detail."
 EXTRA_TEXT = [DEFAULT_TEMPLATE, "<Img> </Img> ###Human: ###Assistant:", "Describe this image in detail.",
               "what colour shape size how many is are there the a an of in to left right above below which "
               "answer with option letter from given choices"]
@@ -97,39 +98,61 @@ def caption_f1(model, processor, images, objects, *, template=STAGE1_TEMPLATE, i
     return float(np.mean(scores))
 
 
-def train_toy_vlm(*, corpus_dir: str, out_dir: str, steps: int = 1500, batch_size: int = 32, lr: float = 1e-3,
-                  seed: int = 0, image_size: int = 64, num_query_tokens: int = 8, n_heldout: int = 200) -> dict:
-    """Train the tiny VLM on ``corpus_dir`` (captions.parquet + images/) and save it to ``out_dir``.
+def _qa_instruction(row) -> str:
+    from vlselect.suites import Item, format_question
 
-    ``out_dir`` loads with AutoModelForImageTextToText/AutoProcessor; ``out_dir/metrics.json`` records the
-    held-out caption attribute F1 of the trained model and of an untrained one (the trained one must be far above).
+    choices = None if row["choices"] is None else list(row["choices"])
+    return format_question(Item(id="", image_path="", question=row["question"], answer=row["answer"],
+                                choices=choices, metric=row["metric"]))
+
+
+def train_toy_vlm(*, corpus_dir: str, out_dir: str, steps: int = 1500, batch_size: int = 32, lr: float = 1e-3,
+                  seed: int = 0, image_size: int = 64, num_query_tokens: int = 8, n_heldout: int = 200,
+                  qa_share: float = 0.5, caption_template: str = STAGE1_TEMPLATE) -> dict:
+    """Train the tiny VLM on ``corpus_dir`` (captions.parquet, qa.parquet + images/) and save it to ``out_dir``.
+
+    Each batch mixes captions (with ``caption_template``) and, for a ``qa_share`` of its rows, the corpus's
+    question-answer pairs in the conversation template: the analog of MiniGPT-4's language model, which could
+    already answer questions before its visual alignment. ``out_dir`` loads with
+    AutoModelForImageTextToText/AutoProcessor; ``out_dir/metrics.json`` records the held-out caption attribute F1
+    of the trained model and of an untrained one (the trained one must be far above) and the held-out QA accuracy.
     """
     import torch
     from PIL import Image
     from tqdm import tqdm
 
+    from vlselect.suites import Item, score_item
+
     seed_everything(seed)
     device = torch.device("cpu")
     corpus_dir = Path(corpus_dir)
     df = pd.read_parquet(corpus_dir / "captions.parquet")
+    qa = pd.read_parquet(corpus_dir / "qa.parquet")
     if len(df) <= n_heldout:
         raise ValueError(f"the corpus has {len(df)} captions; need more than n_heldout={n_heldout}")
+    if list(qa["image_path"]) != list(df["image_path"]):
+        raise ValueError(f"{corpus_dir}: qa.parquet and captions.parquet must list the same images in the same order; "
+                         "rebuild the toy world")
     images = []
     for p in df["image_path"]:
         with Image.open(corpus_dir / p) as im:
             images.append(im.convert("RGB"))
     captions = df["caption"].tolist()
     objects = [json.loads(o) for o in df["objects"]]
+    questions = [_qa_instruction(r) for r in qa.to_dict("records")]
+    answers = qa["answer"].tolist()
     n_train = len(df) - n_heldout
 
-    tokenizer = _build_tokenizer(captions[:n_train] + EXTRA_TEXT)
+    tokenizer = _build_tokenizer(captions[:n_train] + questions[:n_train] + EXTRA_TEXT)
     processor = build_processor(tokenizer, image_size=image_size, num_query_tokens=num_query_tokens)
     model = build_model(tokenizer, image_size=image_size, num_query_tokens=num_query_tokens, seed=seed)
     held_imgs, held_objs = images[n_train:], objects[n_train:]
     model.eval()
-    f1_untrained = caption_f1(model, processor, held_imgs, held_objs, device=device)
+    f1_untrained = caption_f1(model, processor, held_imgs, held_objs, device=device, template=caption_template,
+                              instruction=INSTRUCTION)
 
-    prompt, suffix = split_template(STAGE1_TEMPLATE, "")
+    cap_prompt, cap_suffix = split_template(caption_template, INSTRUCTION)
+    n_qa = int(round(qa_share * batch_size))
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.05)
     rng = np.random.default_rng(seed)
@@ -137,10 +160,16 @@ def train_toy_vlm(*, corpus_dir: str, out_dir: str, steps: int = 1500, batch_siz
     t0 = time.time()
     bar = tqdm(range(steps), desc="train toy vlm", file=sys.stderr)
     for step in bar:
-        idx = rng.choice(n_train, size=batch_size, replace=False)
-        batch = encode_batch(processor, num_query_tokens, [images[i] for i in idx], [prompt] * batch_size,
-                             [captions[i] for i in idx], suffix)
-        loss = answer_loss(model, batch)
+        cap_idx = rng.choice(n_train, size=batch_size - n_qa, replace=False)
+        qa_idx = rng.choice(n_train, size=n_qa, replace=False)
+        loss = 0.0
+        for idx, prompts, targets, suffix in (
+                (cap_idx, [cap_prompt] * len(cap_idx), [captions[i] for i in cap_idx], cap_suffix),
+                (qa_idx, [split_template(DEFAULT_TEMPLATE, questions[i])[0] for i in qa_idx],
+                 [answers[i] for i in qa_idx], split_template(DEFAULT_TEMPLATE, "")[1])):
+            if len(idx):
+                batch = encode_batch(processor, num_query_tokens, [images[i] for i in idx], prompts, targets, suffix)
+                loss = loss + answer_loss(model, batch) * len(idx) / batch_size
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -150,13 +179,34 @@ def train_toy_vlm(*, corpus_dir: str, out_dir: str, steps: int = 1500, batch_siz
             bar.set_postfix(loss=f"{loss.item():.3f}")
     train_s = time.time() - t0
     model.eval()
-    f1_trained = caption_f1(model, processor, held_imgs, held_objs, device=device)
-    metrics = {"heldout_caption_f1": f1_trained, "untrained_caption_f1": f1_untrained, "n_heldout": n_heldout,
-               "n_train": n_train, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
-               "final_loss": loss.item(), "train_seconds": round(train_s, 1), "stage1_template": STAGE1_TEMPLATE}
-    log.info("held-out caption F1: trained %.3f, untrained %.3f", f1_trained, f1_untrained)
+    f1_trained = caption_f1(model, processor, held_imgs, held_objs, device=device, template=caption_template,
+                            instruction=INSTRUCTION)
+    qa_acc = _qa_accuracy(model, processor, held_imgs, qa.iloc[n_train:], device=device)
+    metrics = {"heldout_caption_f1": f1_trained, "untrained_caption_f1": f1_untrained, "heldout_qa_accuracy": qa_acc,
+               "n_heldout": n_heldout, "n_train": n_train, "steps": steps, "batch_size": batch_size, "lr": lr,
+               "seed": seed, "qa_share": qa_share, "final_loss": loss.item(), "train_seconds": round(train_s, 1),
+               "caption_template": caption_template}
+    log.info("held-out caption F1: trained %.3f, untrained %.3f; held-out QA accuracy %.3f",
+             f1_trained, f1_untrained, qa_acc)
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         processor.save_pretrained(tmp)
         write_json(metrics, tmp / "metrics.json")
     return metrics
+
+
+def _qa_accuracy(model, processor, images, qa: pd.DataFrame, *, device, batch_size: int = 64) -> float:
+    """Accuracy on held-out corpus questions, scored like the suites they mirror."""
+    from vlselect.suites import Item, score_item
+
+    rows = qa.to_dict("records")
+    items = [Item(id=str(i), image_path="", question=r["question"], answer=r["answer"],
+                  choices=None if r["choices"] is None else list(r["choices"]), metric=r["metric"])
+             for i, r in enumerate(rows)]
+    scores = []
+    for i in range(0, len(items), batch_size):
+        chunk = items[i:i + batch_size]
+        prompts = [split_template(DEFAULT_TEMPLATE, _qa_instruction(r))[0] for r in rows[i:i + batch_size]]
+        preds = generate(model, processor, images[i:i + batch_size], prompts, max_new_tokens=8, device=device)
+        scores += [score_item(it, p) for it, p in zip(chunk, preds)]
+    return float(np.mean(scores))

@@ -11,7 +11,8 @@
 * ``truth.parquet``: the hidden ground truth (source, flaws, clean, objects); only tests, benchmarks and
   the oracle judge read it, never a scorer.
 * ``corpus/``: a separate pre-training corpus for the tiny models: ``images/*.png`` with clean captions
-  (``captions.parquet``) and ``preferences.parquet`` pairs whose rejected answer carries exactly one
+  that always name the background (``captions.parquet``), one question with its answer per image in the style of
+  a question suite (``qa.parquet``, the suites' training split; other images than theirs) and ``preferences.parquet`` pairs whose rejected answer carries exactly one
   text-visible flaw (repetition, filler, truncation, short) - never a hallucination or another image's
   description, which the reward model must not learn to see (the CLIP score has to catch those).
 * ``suites/{suite}/{val,test}.jsonl`` + ``images/``: evaluation suites mirroring the paper's benchmarks:
@@ -61,6 +62,7 @@ RGB = {"red": (220, 30, 30), "green": (30, 170, 50), "blue": (40, 70, 225), "yel
        "purple": (150, 45, 195), "orange": (250, 140, 20)}
 STYLES = ("plain", "dark", "striped", "noisy", "gradient")  # source k draws on STYLES[k]
 SUITES = ("toy-vqa", "toy-count", "toy-spatial", "toy-mc", "toy-caption")
+QUESTION_SUITES = SUITES[:4]  # the corpus's question-answer text mirrors these (captioning is the captions)
 INSTRUCTION = "Describe this image in detail."
 PREFERENCE_INSTRUCTIONS = (INSTRUCTION, "Describe the image.", "What do you see in this picture?",
                            "Give a detailed description of this image.")
@@ -261,15 +263,18 @@ def _build_corpus(dest: Path, *, seed: int, corpus_size: int, scenes: _SceneSour
     rng = np.random.default_rng([seed, _CORPUS])
     (dest / "images").mkdir(parents=True)
     width = max(5, len(str(corpus_size - 1)))
-    captions, prefs = [], []
+    captions, prefs, qa = [], [], []
+    # the questions have their own stream, so adding them left the captions and pairs as they were
+    qa_rng = np.random.default_rng([seed, _CORPUS, 1])
     for i in tqdm(range(corpus_size), desc="toy corpus", file=sys.stderr):
         # every style, so the tiny models see the dataset's backgrounds without seeing its images
         style = pick(rng, STYLES)
         objects, img = scenes.draw(rng, style)
         rel = f"images/c_{i:0{width}d}.png"
         (dest / rel).write_bytes(_encode(img, PNG))
-        captions.append({"image_path": rel, "caption": describe(objects, rng, background=style),
+        captions.append({"image_path": rel, "caption": describe(objects, rng, background=style, background_share=1.0),
                          "objects": _objects_json(objects)})
+        qa.append({"image_path": rel, **_corpus_question(objects, qa_rng)})
         for k in rng.choice(len(TEXT_FLAWS), size=PREFS_PER_IMAGE, replace=False):
             flaw = TEXT_FLAWS[int(k)]
             sentences = describe_sentences(objects, rng, background=style)
@@ -277,6 +282,16 @@ def _build_corpus(dest: Path, *, seed: int, corpus_size: int, scenes: _SceneSour
                           "rejected": apply_text_flaw(flaw, sentences, rng), "flaw": flaw})
     write_parquet(pd.DataFrame(captions), dest / "captions.parquet", metadata={"seed": seed, "part": "corpus"})
     write_parquet(pd.DataFrame(prefs), dest / "preferences.parquet", metadata={"seed": seed, "part": "corpus"})
+    write_parquet(pd.DataFrame(qa), dest / "qa.parquet", metadata={"seed": seed, "part": "corpus"})
+
+
+def _corpus_question(objects: list[dict], rng: np.random.Generator) -> dict:
+    """A question about a corpus image in the style of one of the question suites (their training split)."""
+    while True:
+        item = _question(pick(rng, QUESTION_SUITES), objects, rng)
+        if item is not None:
+            return {"question": item["question"], "answer": item["answer"], "choices": item["choices"],
+                    "metric": item["metric"]}
 
 
 # ---- evaluation suites ---------------------------------------------------------------------------------------
@@ -291,6 +306,8 @@ def _question(suite: str, objects: list[dict], rng: np.random.Generator) -> dict
         return {"question": q, "answer": number_word(len(objects)), "choices": None, "metric": "vqa"}
     if suite == "toy-vqa":
         kinds = [k for k, ok in (("colour", by_shape), ("shape", by_colour), ("size", by_shape)) if ok]
+        if not kinds:  # e.g. two red circles: no object is named uniquely
+            return None
         kind = pick(rng, kinds)
         if kind == "colour":
             o = pick(rng, by_shape)

@@ -189,15 +189,20 @@ def test_train_toy_vlm_learns_captions(tmp_path):
     rng = np.random.default_rng(5)
     corpus = tmp_path / "corpus"
     (corpus / "images").mkdir(parents=True)
-    rows = []
+    rows, qa = [], []
     for i in range(260):
         im, objects, caption = draw_example(rng)
         im.save(corpus / "images" / f"c{i}.png")
         rows.append({"image_path": f"images/c{i}.png", "caption": caption, "objects": json.dumps(objects)})
+        o = objects[0]
+        qa.append({"image_path": f"images/c{i}.png", "question": f"What colour is the square in the {o['row']} {o['col']}?",
+                   "answer": o["colour"], "choices": None, "metric": "vqa"})
     pd.DataFrame(rows).to_parquet(corpus / "captions.parquet")
+    pd.DataFrame(qa).to_parquet(corpus / "qa.parquet")
     metrics = train_toy_vlm(corpus_dir=str(corpus), out_dir=str(tmp_path / "vlm"), steps=150, batch_size=16,
                             lr=2e-3, seed=0, n_heldout=60)
     assert metrics["heldout_caption_f1"] > metrics["untrained_caption_f1"] + 0.3
+    assert 0.0 <= metrics["heldout_qa_accuracy"] <= 1.0 and metrics["qa_share"] == 0.5
     assert json.loads((tmp_path / "vlm" / "metrics.json").read_text()) == metrics
     model = AutoModelForImageTextToText.from_pretrained(tmp_path / "vlm")
     proc = AutoProcessor.from_pretrained(tmp_path / "vlm")

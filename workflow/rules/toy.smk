@@ -7,6 +7,7 @@ if TOY:
             truth=f"{R}/toy/truth.parquet",
             captions=f"{R}/toy/corpus/captions.parquet",
             preferences=f"{R}/toy/corpus/preferences.parquet",
+            qa=f"{R}/toy/corpus/qa.parquet",
             suites=directory(f"{R}/toy/suites"),
         params:
             p=as_json({k: config["toy"][k] for k in ("seed", "n_examples", "image_size", "corpus_size", "suite_size", "flaw_rates")}),
@@ -67,6 +68,7 @@ if TOY:
     rule train_toy_vlm:
         input:
             f"{R}/toy/corpus/captions.parquet",
+            f"{R}/toy/corpus/qa.parquet",
         output:
             directory(f"{R}/toy/models/vlm"),
         params:

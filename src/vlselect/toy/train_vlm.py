@@ -56,8 +56,11 @@ def build_model(tokenizer, *, image_size: int, num_query_tokens: int = 8, vision
     from transformers import LlamaConfig
 
     image_token_id = tokenizer.convert_tokens_to_ids("<image>")
+    # Blip2VisionConfig's default initializer_range (1e-10) suits loading pre-trained weights, not training from
+    # scratch: the vision tower starts as a constant and the model learns to caption without looking.
     vision = Blip2VisionConfig(image_size=image_size, patch_size=8, hidden_size=vision_hidden,
-                               intermediate_size=2 * vision_hidden, num_hidden_layers=2, num_attention_heads=4)
+                               intermediate_size=2 * vision_hidden, num_hidden_layers=2, num_attention_heads=4,
+                               initializer_range=0.02)
     qformer = Blip2QFormerConfig(hidden_size=vision_hidden, num_hidden_layers=2, num_attention_heads=4,
                                  intermediate_size=2 * vision_hidden, encoder_hidden_size=vision_hidden,
                                  cross_attention_frequency=1)
@@ -71,6 +74,10 @@ def build_model(tokenizer, *, image_size: int, num_query_tokens: int = 8, vision
                          image_token_index=image_token_id)
     torch.manual_seed(seed)
     model = Blip2ForConditionalGeneration(config)
+    # transformers starts the Q-Former's queries at zero (real checkpoints overwrite them); identical queries stay
+    # identical under training, and the model would see the image through one pooled vector
+    with torch.no_grad():
+        model.query_tokens.normal_(0.0, 0.02)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
@@ -120,8 +127,6 @@ def train_toy_vlm(*, corpus_dir: str, out_dir: str, steps: int = 1500, batch_siz
     import torch
     from PIL import Image
     from tqdm import tqdm
-
-    from vlselect.suites import Item, score_item
 
     seed_everything(seed)
     device = torch.device("cpu")

@@ -35,7 +35,7 @@ TINY_TIMEOUT_S = 1500
 COMPARED = ["manifest.parquet", "scores/clip.parquet", "scores/reward.parquet", "scores/length.parquet",
             "features/pca.parquet", "labels/subsets.parquet", "labels/labels.parquet", "selector/predictions.parquet",
             "final/table.csv", "final/judge.json"]
-GPU_RULES = {"embed_shard", "score_shard", "finetune_subset", "evaluate_subset", "finetune_final", "evaluate_final"}
+GPU_RULES = {"embed_shard", "score_model_shard", "finetune_subset", "evaluate_subset", "finetune_final", "evaluate_final"}
 
 
 @pytest.fixture(scope="module")

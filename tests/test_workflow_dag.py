@@ -16,8 +16,8 @@ def test_full_config_dry_run_fans_out_one_finetune_per_subset(tmp_path):
     for rule in ("toy_world", "train_toy_clip", "train_toy_reward", "train_toy_vlm", "import_dataset",
                  "train_selector", "spectral_clusters", "final_table", "merge_judgements"):
         assert jobs[rule] == 1, rule
-    # four indicators scored in one shard each, then gathered
-    assert jobs["score_shard"] == 4 and jobs["gather_scores"] == 4
+    # four indicators scored in one shard each (CLIP and reward on a GPU, length and GPT without), then gathered
+    assert jobs["score_model_shard"] == 2 and jobs["score_text_shard"] == 2 and jobs["gather_scores"] == 4
 
 
 def test_shards_multiply_scoring_jobs_only(tmp_path):
@@ -25,7 +25,7 @@ def test_shards_multiply_scoring_jobs_only(tmp_path):
     config["scoring"]["shards"] = 3
     write_config(tmp_path, config)
     jobs = planned_jobs(tmp_path)
-    assert jobs["score_shard"] == 12 and jobs["embed_shard"] == 3
+    assert jobs["score_model_shard"] == 6 and jobs["score_text_shard"] == 6 and jobs["embed_shard"] == 3
     assert jobs["gather_scores"] == 4 and jobs["gather_features"] == 1
 
 

@@ -10,11 +10,7 @@ SCORE_PARAMS = {
 SCORE_MODEL_INPUTS = {
     "clip": toy_inputs(CLIP.get("pretrained", "")),
     "reward": toy_inputs(REWARD),
-    "length": [],
-    "gpt": [],
 }
-# GPU scoring jobs ask for a GPU; the profile maps the `gpu` resource onto the cluster's partitions.
-SCORE_GPUS = {"clip": 1, "reward": 1, "length": 0, "gpt": 0}
 
 if config["selection"]["external_scores"]:
 
@@ -35,7 +31,14 @@ if config["selection"]["external_scores"]:
 
 else:
 
-    rule score_shard:
+    # Two rules share the command so that a cluster profile can send them to different partitions: the model
+    # indicators run a network on a GPU, the text indicators (length, GPT over HTTP) need only a CPU.
+    SCORE_SHELL = (
+        "OMP_NUM_THREADS={threads} vlselect {params.cmd} --manifest {input.manifest} --out {output} "
+        "--shard {params.shard} --n-shards {params.n_shards} --params {params.p:q} 2> {log}"
+    )
+
+    rule score_model_shard:
         input:
             manifest=f"{R}/manifest.parquet",
             model=lambda w: SCORE_MODEL_INPUTS[w.indicator],
@@ -47,19 +50,41 @@ else:
             shard=lambda w: parse_scatteritem(w.scatteritem)[0],
             n_shards=lambda w: parse_scatteritem(w.scatteritem)[1],
         wildcard_constraints:
-            indicator="clip|reward|length|gpt",
+            indicator="clip|reward",
         log:
             f"{R}/logs/score/{{indicator}}_{{scatteritem}}.log",
         benchmark:
             f"{R}/benchmarks/score/{{indicator}}_{{scatteritem}}.tsv"
         threads: 2
         resources:
-            gpu=lambda w: SCORE_GPUS[w.indicator],
+            gpu=1,
             mem_mb=8000,
             runtime=240,
         shell:
-            "OMP_NUM_THREADS={threads} vlselect {params.cmd} --manifest {input.manifest} --out {output} "
-            "--shard {params.shard} --n-shards {params.n_shards} --params {params.p:q} 2> {log}"
+            SCORE_SHELL
+
+    rule score_text_shard:
+        input:
+            manifest=f"{R}/manifest.parquet",
+        output:
+            f"{R}/scores/shards/{{indicator}}/{{scatteritem}}.parquet",
+        params:
+            p=lambda w: to_json(SCORE_PARAMS[w.indicator]),
+            cmd=lambda w: f"score-{w.indicator}",
+            shard=lambda w: parse_scatteritem(w.scatteritem)[0],
+            n_shards=lambda w: parse_scatteritem(w.scatteritem)[1],
+        wildcard_constraints:
+            indicator="length|gpt",
+        log:
+            f"{R}/logs/score/{{indicator}}_{{scatteritem}}.log",
+        benchmark:
+            f"{R}/benchmarks/score/{{indicator}}_{{scatteritem}}.tsv"
+        threads: 1
+        resources:
+            mem_mb=2000,
+            runtime=240,
+        shell:
+            SCORE_SHELL
 
     rule gather_scores:
         input:

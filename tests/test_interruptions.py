@@ -84,12 +84,12 @@ def test_killed_twice_resumes_to_the_same_results_without_paying_twice_or_leakin
         result = snakemake(workdir, "--cores", "2", "--rerun-incomplete", env={"OPENAI_API_KEY": KEY})
         assert planned_jobs(workdir) == {}
 
-        # Every example was scored once; only requests in flight at the kill could be sent again.
+        # Every example was scored. A prompt went out more than once only if it was in flight at the kill (its
+        # answer never reached the cache) or two examples share it and were asked at the same moment.
         gpt = pd.read_parquet(r / "scores" / "gpt.parquet")
         assert len(gpt) == len(pd.read_parquet(r / "manifest.parquet")) and (gpt["status"] == "ok").all()
-        assert len(srv.counts) == len(gpt)
-        repeated = sum(c > 1 for c in srv.counts.values())
-        assert repeated <= CONCURRENCY and srv.total == len(gpt) + sum(c - 1 for c in srv.counts.values())
+        shared = len(gpt) - len(srv.counts)
+        assert sum(c - 1 for c in srv.counts.values()) <= CONCURRENCY + shared, srv.counts
 
     # Outputs that the GPT score does not feed are exactly the uninterrupted run's.
     for rel in GPT_FREE:

@@ -208,3 +208,45 @@ def test_train_toy_vlm_learns_captions(tmp_path):
     proc = AutoProcessor.from_pretrained(tmp_path / "vlm")
     assert type(model).__name__ == "Blip2ForConditionalGeneration"
     assert model.config.text_config.model_type == "llama" and proc.image_processor.size["height"] == 64
+
+
+def test_toy_clip_image_tower_carries_over_to_the_vlm_unchanged(tmp_path):
+    """The toy VLM sees through the toy CLIP's ViT: same weights, same token features (MiniGPT-4's EVA-CLIP analog)."""
+    import open_clip
+    import torch
+    from safetensors.torch import save_model
+    from transformers import Blip2VisionConfig, Blip2VisionModel
+
+    from vlselect.toy.train_clip import MODEL_NAME, WEIGHTS_NAME, toy_clip_config
+    from vlselect.toy.train_vlm import clip_vision_tower
+
+    (tmp_path / f"{MODEL_NAME}.json").write_text(json.dumps(toy_clip_config(64)))
+    open_clip.add_model_config(tmp_path / f"{MODEL_NAME}.json")
+    torch.manual_seed(0)
+    clip = open_clip.create_model(MODEL_NAME, pretrained=None).eval()
+    with torch.no_grad():  # open_clip starts some of these at zero or one; move them so the test sees every weight
+        for name, p in clip.visual.named_parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    save_model(clip, str(tmp_path / WEIGHTS_NAME))
+
+    config, state = clip_vision_tower(tmp_path)
+    tower = Blip2VisionModel(Blip2VisionConfig(**config)).eval()
+    tower.load_state_dict(state, strict=True)
+    pixels = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        v = clip.visual
+        expected = v.ln_post(v.transformer(v._embeds(pixels)))
+        got = tower(pixel_values=pixels).last_hidden_state
+    assert got.shape == expected.shape == (3, 65, 64)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_a_clip_with_a_pre_norm_is_refused(tmp_path):
+    from vlselect.toy.train_clip import MODEL_NAME, toy_clip_config
+    from vlselect.toy.train_vlm import clip_vision_tower
+
+    cfg = toy_clip_config(64)
+    cfg["vision_cfg"].pop("no_ln_pre")
+    (tmp_path / f"{MODEL_NAME}.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="no_ln_pre"):
+        clip_vision_tower(tmp_path)

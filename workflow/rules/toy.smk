@@ -67,13 +67,16 @@ if TOY:
 
     rule train_toy_vlm:
         input:
-            f"{R}/toy/corpus/captions.parquet",
-            f"{R}/toy/corpus/qa.parquet",
+            captions=f"{R}/toy/corpus/captions.parquet",
+            qa=f"{R}/toy/corpus/qa.parquet",
+            # the VLM looks through the toy CLIP's image tower (MiniGPT-4 looks through EVA-CLIP)
+            clip=f"{R}/toy/models/clip/open_clip_model.safetensors",
         output:
             directory(f"{R}/toy/models/vlm"),
         params:
             p=as_json({**config["toy"]["models"]["vlm"], "seed": config["toy"]["seed"], "image_size": config["toy"]["image_size"]}),
             corpus=f"{R}/toy/corpus",
+            clip=f"{R}/toy/models/clip",
         log:
             f"{R}/logs/train_toy_vlm.log",
         benchmark:
@@ -83,5 +86,5 @@ if TOY:
             mem_mb=4000,
             runtime=30,
         shell:
-            "OMP_NUM_THREADS={threads} vlselect train-toy-vlm --corpus-dir {params.corpus} --out-dir {output} "
-            "--params {params.p:q} 2> {log}"
+            "OMP_NUM_THREADS={threads} vlselect train-toy-vlm --corpus-dir {params.corpus} --clip-dir {params.clip} "
+            "--out-dir {output} --params {params.p:q} 2> {log}"

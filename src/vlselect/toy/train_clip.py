@@ -37,7 +37,10 @@ def toy_clip_config(image_size: int = 64) -> dict:
     """open_clip model config of the toy CLIP (keys as in open_clip/model_configs/*.json)."""
     return {
         "embed_dim": 64,
-        "vision_cfg": {"image_size": image_size, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
+        # no_ln_pre: the same layer layout as transformers' Blip2 vision tower, so the toy VLM can see through
+        # this ViT once it is trained (vlselect.toy.train_vlm.clip_vision_tower), as MiniGPT-4 sees through EVA-CLIP
+        "vision_cfg": {"image_size": image_size, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8,
+                       "no_ln_pre": True},
         # Sentences of the toy captions are short; 32 tokens hold them with room to spare and cost far less than 77.
         "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
     }

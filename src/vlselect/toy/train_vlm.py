@@ -48,19 +48,64 @@ def _build_tokenizer(texts: list[str]):
     return tok
 
 
+def clip_vision_tower(clip_dir: str | Path) -> tuple[dict, dict]:
+    """(Blip2VisionConfig keyword arguments, ``vision_model`` state dict) holding the toy CLIP's image tower.
+
+    MiniGPT-4 looks at images through a pre-trained, frozen CLIP-family ViT. The toy CLIP's ViT (open_clip,
+    ``no_ln_pre``) has exactly the layer layout of transformers' Blip2 vision tower, so its weights carry over
+    unchanged and the tower computes the same token features (tested).
+    """
+    from safetensors.torch import load_file
+    import torch
+
+    from vlselect.io import read_json
+    from vlselect.toy.train_clip import MODEL_NAME, WEIGHTS_NAME
+
+    clip_dir = Path(clip_dir)
+    cfg = read_json(clip_dir / f"{MODEL_NAME}.json")["vision_cfg"]
+    if not cfg.get("no_ln_pre"):
+        raise ValueError(f"{clip_dir}: the toy CLIP has a pre-norm (no_ln_pre unset), which Blip2's vision tower "
+                         "lacks; retrain it with the current vlselect (delete the folder and re-run)")
+    w = {k[len("visual."):]: t for k, t in load_file(clip_dir / WEIGHTS_NAME).items() if k.startswith("visual.")}
+    width, layers = cfg["width"], cfg["layers"]
+    config = {"image_size": cfg["image_size"], "patch_size": cfg["patch_size"], "hidden_size": width,
+              "intermediate_size": int(width * cfg.get("mlp_ratio", 4.0)), "num_hidden_layers": layers,
+              "num_attention_heads": width // cfg["head_width"], "layer_norm_eps": 1e-5, "hidden_act": "gelu",
+              "qkv_bias": True}
+    state = {"embeddings.class_embedding": w["class_embedding"].reshape(1, 1, width),
+             "embeddings.patch_embedding.weight": w["conv1.weight"],
+             "embeddings.patch_embedding.bias": torch.zeros(width),  # open_clip's patch conv has no bias
+             "embeddings.position_embedding": w["positional_embedding"].unsqueeze(0),
+             "post_layernorm.weight": w["ln_post.weight"], "post_layernorm.bias": w["ln_post.bias"]}
+    names = {"attn.in_proj_weight": "self_attn.qkv.weight", "attn.in_proj_bias": "self_attn.qkv.bias",
+             "attn.out_proj.weight": "self_attn.projection.weight", "attn.out_proj.bias": "self_attn.projection.bias",
+             "ln_1.weight": "layer_norm1.weight", "ln_1.bias": "layer_norm1.bias",
+             "ln_2.weight": "layer_norm2.weight", "ln_2.bias": "layer_norm2.bias",
+             "mlp.c_fc.weight": "mlp.fc1.weight", "mlp.c_fc.bias": "mlp.fc1.bias",
+             "mlp.c_proj.weight": "mlp.fc2.weight", "mlp.c_proj.bias": "mlp.fc2.bias"}
+    for i in range(layers):
+        state |= {f"encoder.layers.{i}.{b}": w[f"transformer.resblocks.{i}.{a}"] for a, b in names.items()}
+    return config, state
+
+
 def build_model(tokenizer, *, image_size: int, num_query_tokens: int = 8, vision_hidden: int = 64,
-                text_hidden: int = 128, seed: int = 0):
-    """A freshly initialised tiny Blip-2 (Llama decoder) whose vocabulary matches ``tokenizer``."""
+                text_hidden: int = 128, seed: int = 0, vision: dict | None = None):
+    """A freshly initialised tiny Blip-2 (Llama decoder) whose vocabulary matches ``tokenizer``.
+
+    ``vision``: Blip2VisionConfig keyword arguments (e.g. from :func:`clip_vision_tower`) instead of the default
+    tiny ViT.
+    """
     import torch
     from transformers import Blip2Config, Blip2ForConditionalGeneration, Blip2QFormerConfig, Blip2VisionConfig
     from transformers import LlamaConfig
 
     image_token_id = tokenizer.convert_tokens_to_ids("<image>")
     # Blip2VisionConfig's default initializer_range (1e-10) suits loading pre-trained weights, not training from
-    # scratch: the vision tower starts as a constant and the model learns to caption without looking.
-    vision = Blip2VisionConfig(image_size=image_size, patch_size=8, hidden_size=vision_hidden,
-                               intermediate_size=2 * vision_hidden, num_hidden_layers=2, num_attention_heads=4,
-                               initializer_range=0.02)
+    # scratch: the vision tower would start as a constant.
+    vision = Blip2VisionConfig(**(vision or {"image_size": image_size, "patch_size": 8, "hidden_size": vision_hidden,
+                                              "intermediate_size": 2 * vision_hidden, "num_hidden_layers": 2,
+                                              "num_attention_heads": 4}), initializer_range=0.02)
+    vision_hidden = vision.hidden_size
     qformer = Blip2QFormerConfig(hidden_size=vision_hidden, num_hidden_layers=2, num_attention_heads=4,
                                  intermediate_size=2 * vision_hidden, encoder_hidden_size=vision_hidden,
                                  cross_attention_frequency=1)
@@ -115,12 +160,15 @@ def _qa_instruction(row) -> str:
 
 def train_toy_vlm(*, corpus_dir: str, out_dir: str, steps: int = 1500, batch_size: int = 32, lr: float = 1e-3,
                   seed: int = 0, image_size: int = 64, num_query_tokens: int = 8, n_heldout: int = 200,
-                  qa_share: float = 0.5, caption_template: str = STAGE1_TEMPLATE) -> dict:
+                  qa_share: float = 0.5, caption_template: str = STAGE1_TEMPLATE,
+                  clip_dir: str | None = None) -> dict:
     """Train the tiny VLM on ``corpus_dir`` (captions.parquet, qa.parquet + images/) and save it to ``out_dir``.
 
     Each batch mixes captions (with ``caption_template``) and, for a ``qa_share`` of its rows, the corpus's
     question-answer pairs in the conversation template: the analog of MiniGPT-4's language model, which could
-    already answer questions before its visual alignment. ``out_dir`` loads with
+    already answer questions before its visual alignment. With ``clip_dir`` (the toy CLIP's folder) the model sees
+    through that CLIP's image tower, frozen, as MiniGPT-4 sees through EVA-CLIP; without it, through a ViT trained
+    here from scratch. ``out_dir`` loads with
     AutoModelForImageTextToText/AutoProcessor; ``out_dir/metrics.json`` records the held-out caption attribute F1
     of the trained model and of an untrained one (the trained one must be far above) and the held-out QA accuracy.
     """
@@ -150,7 +198,11 @@ def train_toy_vlm(*, corpus_dir: str, out_dir: str, steps: int = 1500, batch_siz
 
     tokenizer = _build_tokenizer(captions[:n_train] + questions[:n_train] + EXTRA_TEXT)
     processor = build_processor(tokenizer, image_size=image_size, num_query_tokens=num_query_tokens)
-    model = build_model(tokenizer, image_size=image_size, num_query_tokens=num_query_tokens, seed=seed)
+    vision, vision_state = clip_vision_tower(clip_dir) if clip_dir else (None, None)
+    model = build_model(tokenizer, image_size=image_size, num_query_tokens=num_query_tokens, seed=seed, vision=vision)
+    if vision_state is not None:
+        model.vision_model.load_state_dict(vision_state, strict=True)
+        model.vision_model.requires_grad_(False)
     held_imgs, held_objs = images[n_train:], objects[n_train:]
     model.eval()
     f1_untrained = caption_f1(model, processor, held_imgs, held_objs, device=device, template=caption_template,
@@ -158,7 +210,8 @@ def train_toy_vlm(*, corpus_dir: str, out_dir: str, steps: int = 1500, batch_siz
 
     cap_prompt, cap_suffix = split_template(caption_template, INSTRUCTION)
     n_qa = int(round(qa_share * batch_size))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.05)
     rng = np.random.default_rng(seed)
     model.train()
@@ -177,7 +230,7 @@ def train_toy_vlm(*, corpus_dir: str, out_dir: str, steps: int = 1500, batch_siz
                 loss = loss + answer_loss(model, batch) * len(idx) / batch_size
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
         sched.step()
         if step % 50 == 0:
@@ -190,7 +243,7 @@ def train_toy_vlm(*, corpus_dir: str, out_dir: str, steps: int = 1500, batch_siz
     metrics = {"heldout_caption_f1": f1_trained, "untrained_caption_f1": f1_untrained, "heldout_qa_accuracy": qa_acc,
                "n_heldout": n_heldout, "n_train": n_train, "steps": steps, "batch_size": batch_size, "lr": lr,
                "seed": seed, "qa_share": qa_share, "final_loss": loss.item(), "train_seconds": round(train_s, 1),
-               "caption_template": caption_template}
+               "caption_template": caption_template, "vision_tower": "toy CLIP (frozen)" if clip_dir else "trained here"}
     log.info("held-out caption F1: trained %.3f, untrained %.3f; held-out QA accuracy %.3f",
              f1_trained, f1_untrained, qa_acc)
     with atomic_dir(out_dir) as tmp:

@@ -18,7 +18,8 @@ import pandas as pd
 import pytest
 
 from fake_openai import FakeOpenAI
-from workflow_helpers import REPO, SNAKEMAKE, planned_jobs, snakemake, tiny_config, write_config
+from workflow_helpers import (REPO, SNAKEMAKE, assert_same_table, planned_jobs, snakemake, tiny_config,
+                              write_config)
 
 pytestmark = pytest.mark.slow
 
@@ -93,8 +94,7 @@ def test_killed_twice_resumes_to_the_same_results_without_paying_twice_or_leakin
 
     # Outputs that the GPT score does not feed are exactly the uninterrupted run's.
     for rel in GPT_FREE:
-        pd.testing.assert_frame_equal(pd.read_parquet(r / rel), pd.read_parquet(local / "results" / rel),
-                                      check_exact=True, obj=rel)
+        assert_same_table(rel, workdir, local)
     for m in methods:
         selected = pd.read_parquet(r / "selection" / m / "selected.parquet")
         exported = sorted(p.stem for p in (r / "selection" / m / "dataset" / "image").iterdir())

@@ -17,12 +17,11 @@ import sys
 import time
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import yaml
 
 from slurm_cluster import LocalSlurm
-from workflow_helpers import SNAKEMAKE, write_config
+from workflow_helpers import SNAKEMAKE, assert_same_table, write_config
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = REPO / "tests" / "slurm_smoke"
@@ -199,10 +198,8 @@ def test_tiny_workflow_through_the_profile_equals_the_local_run(cluster, tiny_ru
     for rel in COMPARED:
         a, b = local / "results" / rel, wd / "results" / rel
         if rel.endswith(".parquet"):
-            pd.testing.assert_frame_equal(pd.read_parquet(b), pd.read_parquet(a), check_exact=True, obj=rel)
+            assert_same_table(rel, wd, local)
         else:
             assert b.read_text() == a.read_text(), rel
     for method in config["selection"]["methods"]:
-        rel = f"selection/{method}/selected.parquet"
-        pd.testing.assert_frame_equal(pd.read_parquet(wd / "results" / rel), pd.read_parquet(local / "results" / rel),
-                                      check_exact=True, obj=rel)
+        assert_same_table(f"selection/{method}/selected.parquet", wd, local)

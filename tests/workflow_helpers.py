@@ -58,3 +58,20 @@ def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
             elif parts and not set(parts[0]) <= {"-"}:
                 in_table = False
     return counts
+
+
+def assert_same_table(rel: str, workdir: Path, reference: Path) -> None:
+    """Assert that ``results/<rel>`` (parquet) is exactly the same in two run directories.
+
+    Absolute paths (the manifest's image column) differ only by the run directory, so each run's own directory is
+    replaced by a placeholder before the comparison.
+    """
+    import pandas as pd
+
+    def read(root: Path):
+        frame = pd.read_parquet(root / "results" / rel)
+        for col in frame.columns[frame.dtypes == object]:
+            frame[col] = frame[col].map(lambda v: v.replace(str(root), "<run>") if isinstance(v, str) else v)
+        return frame
+
+    pd.testing.assert_frame_equal(read(workdir), read(reference), check_exact=True, obj=rel)

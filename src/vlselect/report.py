@@ -302,7 +302,8 @@ def plot_embedding_map(*, features_dir: str, clusters: str, selected: str, out: 
                edgecolors="black", linewidths=0.8, zorder=3)
     # The stars take their cluster's colour, so the legend shows a neutral one.
     ax.scatter([], [], s=110, marker="*", color="white", edgecolors="black", label=f"selected (n={is_sel.sum()})")
-    ax.set_title("Image embeddings (PCA), coloured by spectral cluster; stars = selected")
+    ax.set_title(f"Image embeddings (PCA), coloured by spectral cluster; stars = picked by "
+                 f"'{Path(selected).parent.name}'")
     ax.set_xlabel("principal component 1")
     ax.set_ylabel("principal component 2")
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), markerscale=1.5, ncol=1 if len(labels) <= 16 else 2)
@@ -366,7 +367,8 @@ def plot_gallery(*, manifest: str, selected: str, rejected: str, out: str, n: in
     ncols = min(n, 4)
     rows_per_group = math.ceil(n / ncols)
     n_rows = 2 * rows_per_group
-    fig = _figure(3.2 * ncols, n_rows * 4.4 + 0.8)  # constrained layout leaves room for each answer's lines
+    fig = _figure(3.2 * ncols, n_rows * 4.6 + 0.8)  # constrained layout leaves room for each answer's lines
+    fig.get_layout_engine().set(h_pad=0.15)  # keeps a row's titles clear of the answer text above them
     axes = fig.subplots(n_rows, ncols, squeeze=False)
     for g, (kind, colour, part) in enumerate(groups):
         for k, (_, row) in enumerate(part.iterrows()):
@@ -471,6 +473,9 @@ def plot_final_table(*, table_csv: str, out: str) -> None:
         if spread.any():
             ax.errorbar(pos[spread], means[spread], yerr=stds[spread], fmt="none", ecolor="black", capsize=3,
                         elinewidth=1)
+        # The value above each bar (and its error bar), so a zero reads as 0.00 rather than as a missing bar.
+        for p, m, s in zip(pos, means, np.where(spread, stds, 0.0)):
+            ax.text(p, m + s + 0.008, f"{m:.2f}", ha="center", va="bottom", fontsize=8)
     ax.set_xticks(x, cols, rotation=20 if len(cols) > 6 else 0)
     ax.set_xlabel("evaluation suite")
     ax.set_ylabel("accuracy")

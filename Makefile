@@ -4,6 +4,10 @@
 
 PYTHON ?= python3
 CORES ?= 2
+# GPU rules take one `gpu` slot each. With GPUs, one slot per device; without, they run on the CPU with one thread
+# each, so one slot per core keeps every core busy instead of running them one at a time.
+GPUS ?= $(shell nvidia-smi -L 2>/dev/null | grep -c '^GPU')
+GPU_SLOTS ?= $(if $(filter 0,$(GPUS)),$(CORES),$(GPUS))
 LOCK_HASH := $(shell sha256sum requirements.lock | cut -c1-16)
 VENV ?= $(HOME)/.cache/vlselect/venv-$(LOCK_HASH)
 BIN := $(VENV)/bin
@@ -24,7 +28,7 @@ venv: $(VENV)/.complete
 	@$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 
 run: venv
-	$(BIN)/snakemake --profile profiles/local --cores $(CORES)
+	$(BIN)/snakemake --profile profiles/local --cores $(CORES) --resources gpu=$(GPU_SLOTS)
 	$(BIN)/snakemake --report results/report.html
 	@$(BIN)/vlselect summary --results results
 

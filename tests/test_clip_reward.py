@@ -211,9 +211,30 @@ def test_reward_score_matches_single_and_counts_truncation(trained, tmp_path):
                                      "cpu", limit)
         assert abs(single - df.loc[i, "score"]) < 1e-4
     meta = read_parquet_metadata(tmp_path / "reward_5.parquet")
-    assert meta["n_truncated"] == 1 and meta["indicator"] == "reward" and len(meta["checksum"]) == 64
+    too_long = [i for i in range(len(manifest))
+                if len(tokenizer(manifest.loc[i, "instruction"], manifest.loc[i, "answer"])["input_ids"]) > limit]
+    assert 4 in too_long
+    assert meta["n_truncated"] == len(too_long) and meta["indicator"] == "reward" and len(meta["checksum"]) == 64
 
 
 def test_load_reward_missing_path_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="local"):
         load_reward(path=str(tmp_path / "nothing_here"), device="cpu")
+
+
+def test_reward_tokenizer_ids_are_the_same_in_every_process():
+    # The tokenizers WordPiece trainer numbered tokens in Rust's per-process hash order, so two runs trained
+    # different reward models. Each process here has its own hash seed; the vocabularies must be identical.
+    import subprocess
+    import sys
+
+    code = ("import json; from vlselect.toy.train_reward import build_tokenizer; "
+            "texts = ['A small red star in the upper left.', 'Two large blue squares, one green circle!'] * 5; "
+            "tok = build_tokenizer(texts); print(json.dumps(tok.get_vocab(), sort_keys=True)); "
+            "print(tok('a red circle', 'blue stars')['input_ids'])")
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+            for _ in range(3)]
+    assert runs[0] == runs[1] == runs[2]
+    vocab = json.loads(runs[0].splitlines()[0])
+    assert {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "red", "##r", "circle"} <= set(vocab)
+    assert vocab["[UNK]"] not in json.loads(runs[0].splitlines()[1])  # known words, or spelled from known pieces

@@ -70,8 +70,9 @@ def assert_same_table(rel: str, workdir: Path, reference: Path) -> None:
 
     def read(root: Path):
         frame = pd.read_parquet(root / "results" / rel)
-        for col in frame.columns[frame.dtypes == object]:
-            frame[col] = frame[col].map(lambda v: v.replace(str(root), "<run>") if isinstance(v, str) else v)
+        for col in frame.columns:
+            if pd.api.types.is_string_dtype(frame[col]):
+                frame[col] = frame[col].str.replace(str(root), "<run>", regex=False)
         return frame
 
     pd.testing.assert_frame_equal(read(workdir), read(reference), check_exact=True, obj=rel)

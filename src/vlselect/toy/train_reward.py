@@ -1,7 +1,7 @@
 """Train the toy world's tiny reward model on corpus/preferences.parquet.
 
-A WordPiece tokenizer is trained on the corpus text with the `tokenizers` library and wrapped as a
-PreTrainedTokenizerFast; the model is a two-layer BERT (hidden 64) with one output, trained with the
+A WordPiece tokenizer is built from the corpus text (whole words plus character pieces) with the
+`tokenizers` library and wrapped as a PreTrainedTokenizerFast; the model is a two-layer BERT (hidden 64) with one output, trained with the
 pairwise Bradley-Terry loss -log sigmoid(r(chosen) - r(rejected)) as reward models such as
 OpenAssistant/reward-model-deberta-v3-large-v2 are. Both are saved with save_pretrained, so the
 scoring step loads the toy model through the same Auto classes as a real one.
@@ -13,6 +13,7 @@ import logging
 import math
 import sys
 import time
+from collections import Counter
 
 import numpy as np
 import pandas as pd
@@ -30,16 +31,28 @@ HELD_OUT_FRACTION = 0.1
 
 
 def build_tokenizer(texts: list[str]):
-    """A lower-casing WordPiece tokenizer trained on ``texts``, with BERT's [CLS] A [SEP] B [SEP] pair template."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    """A lower-casing WordPiece tokenizer for ``texts``, with BERT's [CLS] A [SEP] B [SEP] pair template.
+
+    The vocabulary is built here rather than by the `tokenizers` WordPiece trainer, whose token ids follow Rust's
+    per-process hash order: two runs would get different ids and so different reward models. Here it is the
+    special tokens, every character (alone and as a ``##`` continuation, so no word is unknown), then whole words
+    by frequency (ties alphabetical) up to ``VOCAB_SIZE``: the same texts always give the same ids.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    counts = Counter(w for t in texts for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(t)))
+    chars = sorted({c for w in counts for c in w})
+    vocab = specials + chars + ["##" + c for c in chars]
+    words = sorted((w for w in counts if len(w) > 1), key=lambda w: (-counts[w], w))
+    vocab += words[: max(0, VOCAB_SIZE - len(vocab))]
+    tok = Tokenizer(models.WordPiece(vocab={t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre_tokenizer
     tok.decoder = decoders.WordPiece()
-    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=VOCAB_SIZE, special_tokens=specials))
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])

@@ -33,8 +33,9 @@ CLIENTS = ("sbatch", "srun", "squeue", "scancel", "sinfo", "scontrol")
 
 # squeue keeps finished jobs for MinJobAge seconds. With accounting off there is no sacct, so the
 # SLURM plugin's status command is squeue and a job that left squeue before the plugin polled it
-# would never be reported as finished. 600 s covers the plugin's longest status interval (180 s).
-MIN_JOB_AGE_S = 600
+# would never be reported as finished, and the tests read every job of a run back from squeue at its end.
+# Two hours outlasts the slowest tiny run on a loaded machine (the plugin's status interval is at most 180 s).
+MIN_JOB_AGE_S = 7200
 
 
 def _free_port():

@@ -35,7 +35,7 @@ def load_model(model_dir: str, device, base_model: str | None = None):
 
 
 def evaluate(*, model_dir: str, suites: list, out: str, suite_root: str | None = None, split: str = "val",
-             batch_size: int = 64, max_new_tokens: int = 24, device: str = "auto", base_model: str | None = None,
+             batch_size: int = 64, max_new_tokens: int = 64, device: str = "auto", base_model: str | None = None,
              template: str | None = None) -> dict:
     """Answer every item of ``suites`` with the model in ``model_dir`` and write the eval JSON to ``out``.
 

@@ -43,8 +43,8 @@ def main() -> int:
           f"Spearman(label, true flaw rate) = {rho:.3f} (p = {p:.3g})")
 
     report = json.loads((r / "selector" / "report.json").read_text())
-    cv = report.get("cv_mse") or report.get("cv") or {}
-    print(f"- selector: chosen arch {report.get('arch')}; leave-subsets-out CV MSE {json.dumps(cv)}")
+    cv = {k: round(v["mse"], 3) for k, v in report["cv"].items()}
+    print(f"- selector: chosen {report['arch']}/{report.get('inputs', 'all')}; leave-subsets-out CV MSE {cv}")
 
     print("\n## Unflawed share among the picks (base rate "
           f"{truth['clean'].mean():.3f})\n")

@@ -60,18 +60,41 @@ def world(tmp_path_factory):
 def test_report_fields_auto_choice_and_skipped_indicator(world):
     root, ids, quality, common = world
     out = root / "auto"
-    train_selector(**common, out_dir=str(out), arch="auto", epochs=80, lr=0.02)
+    train_selector(**common, out_dir=str(out), arch="auto", inputs="auto", epochs=80, lr=0.02)
     report = json.loads((out / "report.json").read_text())
-    for name in ("linear", "mlp", "attention", "constant"):
+    candidates = [f"{a}/{s}" for a in ("linear", "mlp", "attention") for s in ("all", "indicators")]
+    assert sorted(report["cv"]) == sorted(candidates + ["constant"])
+    for name in report["cv"]:
         assert np.isfinite(report["cv"][name]["mse"]) and len(report["cv"][name]["fold_mse"]) == 5
-    assert report["arch"] == min(("linear", "mlp", "attention"), key=lambda a: report["cv"][a]["mse"])
+    best = min(candidates, key=lambda k: report["cv"][k]["mse"])
+    assert f"{report['arch']}/{report['inputs']}" == best
     assert report["skipped_indicators"] == ["gpt"]
     assert report["features"] == ["clip", "reward", "img_pc0", "img_pc1", "txt_pc0", "txt_pc1"]
     # The signal is strong: the chosen model must beat predicting the mean label.
-    assert report["cv"][report["arch"]]["mse"] < 0.5 * report["cv"]["constant"]["mse"]
+    assert report["cv"][best]["mse"] < 0.5 * report["cv"]["constant"]["mse"]
     spec = json.loads((out / "model.json").read_text())
-    assert spec["arch"] == report["arch"] and spec["indicators"] == ["clip", "reward"]
-    assert len(spec["feature_stats"]["mean"]) == spec["in_dim"] == 6
+    assert spec["arch"] == report["arch"] and spec["inputs"] == report["inputs"]
+    assert spec["indicators"] == ["clip", "reward"] and len(spec["feature_stats"]["mean"]) == 6
+    assert spec["in_dim"] == (6 if spec["inputs"] == "all" else 2)
+
+
+def test_indicators_only_selector_ignores_the_features(world):
+    """inputs=indicators: the model sees clip and reward only, so scrambling the PCA features changes nothing."""
+    root, ids, quality, common = world
+    out = root / "indicators_only"
+    train_selector(**common, out_dir=str(out), arch="linear", inputs="indicators", epochs=80, lr=0.02)
+    report = json.loads((out / "report.json").read_text())
+    assert sorted(report["cv"]) == ["attention/indicators", "constant", "linear/indicators", "mlp/indicators"]
+    assert json.loads((out / "model.json").read_text())["in_dim"] == 2
+    predict(model_dir=str(out), scores=common["scores"], pca=common["pca"], out=str(out / "a.parquet"))
+    pca = pd.read_parquet(common["pca"])
+    cols = [c for c in pca.columns if c != "sample_id"]
+    pca[cols] = pca[cols].to_numpy()[::-1]
+    write_parquet(pca, out / "scrambled.parquet")
+    predict(model_dir=str(out), scores=common["scores"], pca=str(out / "scrambled.parquet"), out=str(out / "b.parquet"))
+    a, b = pd.read_parquet(out / "a.parquet"), pd.read_parquet(out / "b.parquet")
+    assert np.corrcoef(a["quality"], quality)[0, 1] > 0.6
+    np.testing.assert_array_equal(a["quality"].to_numpy(), b["quality"].to_numpy())
 
 
 @pytest.mark.parametrize("arch", ["linear", "mlp", "attention"])

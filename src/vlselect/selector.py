@@ -4,7 +4,10 @@ Only subsets carry labels (the benchmark score of a model fine-tuned on the subs
 trained through an aggregate: the mean predicted quality of a subset's members is regressed onto the
 subset's (standardised) label. Three shapes are compared by leave-subsets-out cross-validation against a
 constant predictor: "linear", "mlp", and "attention" (the paper's: self-attention across a subset's
-members, then a linear head per example). The final model is trained on every subset.
+members, then a linear head per example), each on two input sets: the indicators with the PCA features
+("all", the paper's) and the indicators alone ("indicators"). With some thirty labels the PCA features can
+let a model fit which images a subset holds rather than how good its answers are; cross-validation decides.
+The final model is trained on every subset.
 
 Per-example input: each usable indicator z-scored over the whole dataset (an unscored example gets 0, the
 average, after standardising) followed by the PCA features, also z-scored. The statistics are saved with
@@ -36,6 +39,12 @@ from vlselect.selection import read_indicators
 log = logging.getLogger(__name__)
 
 ARCHS = ("linear", "mlp", "attention")
+INPUTS = ("all", "indicators")
+
+
+def _inputs(x: np.ndarray, n_indicators: int, inputs: str) -> np.ndarray:
+    """The columns of the feature matrix that an input set uses (the indicators come first)."""
+    return x if inputs == "all" else x[:, :n_indicators]
 
 
 # -------------------------------------------------------------------------------------------------- models
@@ -183,16 +192,19 @@ def _subset_members(subsets: str, labels: str, ids: list[str]) -> tuple[list[np.
 
 # ------------------------------------------------------------------------------------------------- training
 def train_selector(*, scores: list[str], pca: str, subsets: str, labels: str, out_dir: str, arch: str = "mlp",
-                   epochs: int = 300, lr: float = 0.01, seed: int = 0, weight_decay: float = 1e-3, hidden: int = 16,
-                   n_heads: int = 1, layers: int = 1, context: int = 128, n_folds: int = 5) -> None:
-    """Cross-validate every selector shape on the subset labels, then train ``arch`` on all subsets.
+                   inputs: str = "all", epochs: int = 300, lr: float = 0.01, seed: int = 0, weight_decay: float = 1e-3,
+                   hidden: int = 16, n_heads: int = 1, layers: int = 1, context: int = 128, n_folds: int = 5) -> None:
+    """Cross-validate every selector shape and input set on the subset labels, then train the chosen one on all.
 
-    ``arch`` is linear, mlp, attention, or auto (the lowest cross-validated MSE). Writes out_dir/report.json
-    (CV MSE per arch and for a constant predictor, in standardised-label units), out_dir/model.safetensors
-    and out_dir/model.json (arch, sizes, feature names, standardisation statistics).
+    ``arch`` is linear, mlp, attention, or auto; ``inputs`` is all (indicators + PCA features), indicators, or
+    auto; an auto choice takes the lowest cross-validated MSE. Writes out_dir/report.json (CV MSE per
+    "arch/inputs" candidate and for a constant predictor, in standardised-label units), out_dir/model.safetensors
+    and out_dir/model.json (arch, inputs, sizes, feature names, standardisation statistics).
     """
     if arch not in ARCHS + ("auto",):
         raise ValueError(f"unknown selector arch {arch!r}; choose one of {', '.join(ARCHS)} or auto")
+    if inputs not in INPUTS + ("auto",):
+        raise ValueError(f"unknown selector inputs {inputs!r}; choose one of {', '.join(INPUTS)} or auto")
     x, ids, names, skipped, stats = _features(scores, pca)
     indicators = [n for n in names if not n.startswith(("img_pc", "txt_pc"))]
     members, y, sub_ids = _subset_members(subsets, labels, ids)
@@ -207,42 +219,46 @@ def train_selector(*, scores: list[str], pca: str, subsets: str, labels: str, ou
     folds = list(KFold(n_splits=min(n_folds, len(members)), shuffle=True, random_state=seed).split(yz))
     cv = {}
     for a in ARCHS:
-        pred = np.empty(len(yz))
-        for train, test in folds:
-            model = fit_model(x, [members[i] for i in train], yz[train], arch=a, **hp)
-            per_example = predict_members(model, x, context, seed)
-            pred[test] = [per_example[members[i]].mean() for i in test]
-        cv[a] = {"mse": float(np.mean((pred - yz) ** 2)), "fold_mse": [float(np.mean((pred[t] - yz[t]) ** 2))
-                                                                         for _, t in folds],
-                 "corr": _corr(pred, yz)}
+        for s in (INPUTS if inputs == "auto" else (inputs,)):
+            xs = _inputs(x, len(indicators), s)
+            pred = np.empty(len(yz))
+            for train, test in folds:
+                model = fit_model(xs, [members[i] for i in train], yz[train], arch=a, **hp)
+                per_example = predict_members(model, xs, context, seed)
+                pred[test] = [per_example[members[i]].mean() for i in test]
+            cv[f"{a}/{s}"] = {"mse": float(np.mean((pred - yz) ** 2)),
+                              "fold_mse": [float(np.mean((pred[t] - yz[t]) ** 2)) for _, t in folds],
+                              "corr": _corr(pred, yz)}
     const = np.empty(len(yz))
     for train, test in folds:
         const[test] = yz[train].mean()
     cv["constant"] = {"mse": float(np.mean((const - yz) ** 2)),
                       "fold_mse": [float(np.mean((const[t] - yz[t]) ** 2)) for _, t in folds]}
-    chosen = min(ARCHS, key=lambda a: cv[a]["mse"]) if arch == "auto" else arch
-    if cv[chosen]["mse"] >= cv["constant"]["mse"]:
+    allowed = [k for k in cv if k != "constant" and arch in ("auto", k.split("/")[0])]
+    best = min(allowed, key=lambda k: cv[k]["mse"])
+    chosen, chosen_inputs = best.split("/")
+    if cv[best]["mse"] >= cv["constant"]["mse"]:
         log.warning("selector %s does not beat a constant predictor in cross-validation (MSE %.3f vs %.3f); "
-                    "its ranking may be no better than noise", chosen, cv[chosen]["mse"], cv["constant"]["mse"])
+                    "its ranking may be no better than noise", best, cv[best]["mse"], cv["constant"]["mse"])
 
-    model = fit_model(x, members, yz, arch=chosen, **hp)
-    per_example = predict_members(model, x, context, seed)
+    xs = _inputs(x, len(indicators), chosen_inputs)
+    model = fit_model(xs, members, yz, arch=chosen, **hp)
+    per_example = predict_members(model, xs, context, seed)
     fitted = np.array([per_example[m].mean() for m in members])
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / "model.safetensors", ".safetensors") as tmp:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    spec = {"arch": chosen, "in_dim": int(x.shape[1]), "hidden": hidden, "n_heads": n_heads, "layers": layers,
+    spec = {"arch": chosen, "inputs": chosen_inputs, "in_dim": int(xs.shape[1]), "hidden": hidden, "n_heads": n_heads, "layers": layers,
             "context": context, "seed": seed, "features": names, "indicators": indicators,
             "skipped_indicators": skipped, "feature_stats": stats, "label_mean": y_mean, "label_std": y_std}
     write_json(spec, out_dir / "model.json")
-    report = {"arch_requested": arch, "arch": chosen, "cv": cv, "n_folds": len(folds), "cv_units": "standardised label",
+    report = {"arch_requested": arch, "arch": chosen, "inputs_requested": inputs, "inputs": chosen_inputs, "cv": cv, "n_folds": len(folds), "cv_units": "standardised label",
               "n_subsets": len(members), "subsets": sub_ids, "features": names, "skipped_indicators": skipped,
               "label_mean": y_mean, "label_std": y_std, "train_mse": float(np.mean((fitted - yz) ** 2)),
               "hyperparameters": hp}
     write_json(report, out_dir / "report.json")
-    log.info("selector CV MSE: %s; constant %.3f; using %s", {a: round(cv[a]["mse"], 3) for a in ARCHS},
-             cv["constant"]["mse"], chosen)
+    log.info("selector CV MSE: %s; using %s", {k: round(v["mse"], 3) for k, v in cv.items()}, best)
 
 
 def _corr(a: np.ndarray, b: np.ndarray) -> float | None:
@@ -264,8 +280,9 @@ def predict(*, model_dir: str, scores: list[str], pca: str, out: str) -> None:
     x, ids, names, _, _ = _features(scores, pca, indicators=spec["indicators"], stats=spec["feature_stats"])
     if names != spec["features"]:
         raise ValueError(f"features {names} differ from the trained model's {spec['features']}; use the same PCA")
+    x = _inputs(x, len(spec["indicators"]), spec.get("inputs", "all"))
     q = predict_members(model, x, spec["context"], spec["seed"]) * spec["label_std"] + spec["label_mean"]
     write_parquet(pd.DataFrame({"sample_id": ids, "quality": q}), out,
-                  metadata={"arch": spec["arch"], "model_dir": str(model_dir), "features": names})
+                  metadata={"arch": spec["arch"], "inputs": spec.get("inputs", "all"), "model_dir": str(model_dir), "features": names})
     log.info("predicted quality for %d examples: mean %.4f, std %.4f", len(q), q.mean(), q.std())
 

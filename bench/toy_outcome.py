@@ -2,8 +2,8 @@
 
 Reads only files of a finished run (results/ by default) and prints, as markdown tables: the tiny models'
 held-out metrics, how well the k-means subsets separate the hidden sources, whether the genuine labels follow the
-subsets' true flaw rates (Spearman), the selector's cross-validated error, and the share of unflawed examples
-among each selection's picks.
+subsets' true flaw rates (Spearman), the selector's cross-validated error, the share of unflawed examples
+among each selection's picks, and the best share any weighting of the CLIP and reward scores could reach.
 
     PYTHONPATH=src python bench/toy_outcome.py [--results results]
 """
@@ -52,6 +52,7 @@ def main() -> int:
     for d in sorted(p for p in (r / "selection").iterdir() if (p / "selected.parquet").exists()):
         picks = pd.read_parquet(d / "selected.parquet", columns=["sample_id"]).merge(truth, on="sample_id")
         print(f"| {d.name} | {len(picks)} | {picks['clean'].mean():.3f} |")
+    print(f"\nCeiling of the scores: {_indicator_ceiling(r, truth)}")
 
     print("\n## Final table\n")
     print((r / "final" / "table.md").read_text())
@@ -59,6 +60,24 @@ def main() -> int:
     for c in judge.get("comparisons", []):
         print(f"- judge {c.get('a')} vs {c.get('b')}: " + json.dumps(c.get("counts")))
     return 0
+
+
+def _indicator_ceiling(r: Path, truth: pd.DataFrame, n: int = 200) -> str:
+    """The best unflawed share among the top ``n`` of z(clip) + w z(reward) over a grid of w, with no cluster quotas:
+    what any weighting of the two scoring models could reach, whatever the labels."""
+    import numpy as np
+
+    from vlselect.selection import read_indicators
+
+    ids = truth["sample_id"].tolist()
+    raw, _ = read_indicators([str(r / "scores" / f"{k}.parquet") for k in ("clip", "reward")], ids)
+    z = (raw - raw.mean()) / raw.std()
+    clean = truth["clean"].to_numpy()
+    shares = {w: clean[np.argsort(-(z["clip"] + w * z["reward"]).fillna(-np.inf).to_numpy(), kind="stable")[:n]].mean()
+              for w in (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 1e6)}
+    best = max(shares, key=shares.get)
+    return (f"top {n} by z(clip) + w z(reward): best w {best:g} gives {shares[best]:.3f} unflawed "
+            f"(w 0: {shares[0.0]:.3f}, reward alone: {shares[1e6]:.3f})")
 
 
 if __name__ == "__main__":

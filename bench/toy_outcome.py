@@ -14,6 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
@@ -65,8 +66,6 @@ def main() -> int:
 def _indicator_ceiling(r: Path, truth: pd.DataFrame, n: int = 200) -> str:
     """The best unflawed share among the top ``n`` of z(clip) + w z(reward) over a grid of w, with no cluster quotas:
     what any weighting of the two scoring models could reach, whatever the labels."""
-    import numpy as np
-
     from vlselect.selection import read_indicators
 
     ids = truth["sample_id"].tolist()

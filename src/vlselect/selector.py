@@ -217,26 +217,27 @@ def train_selector(*, scores: list[str], pca: str, subsets: str, labels: str, ou
               context=context, seed=seed)
 
     folds = list(KFold(n_splits=min(n_folds, len(members)), shuffle=True, random_state=seed).split(yz))
+    # every (arch, inputs) pair is cross-validated and reported; the choice is among those the caller allows
+    candidates = [(a, s) for a in ARCHS for s in (INPUTS if inputs == "auto" else (inputs,))]
     cv = {}
-    for a in ARCHS:
-        for s in (INPUTS if inputs == "auto" else (inputs,)):
-            xs = _inputs(x, len(indicators), s)
-            pred = np.empty(len(yz))
-            for train, test in folds:
-                model = fit_model(xs, [members[i] for i in train], yz[train], arch=a, **hp)
-                per_example = predict_members(model, xs, context, seed)
-                pred[test] = [per_example[members[i]].mean() for i in test]
-            cv[f"{a}/{s}"] = {"mse": float(np.mean((pred - yz) ** 2)),
-                              "fold_mse": [float(np.mean((pred[t] - yz[t]) ** 2)) for _, t in folds],
-                              "corr": _corr(pred, yz)}
+    for a, s in candidates:
+        xs = _inputs(x, len(indicators), s)
+        pred = np.empty(len(yz))
+        for train, test in folds:
+            model = fit_model(xs, [members[i] for i in train], yz[train], arch=a, **hp)
+            per_example = predict_members(model, xs, context, seed)
+            pred[test] = [per_example[members[i]].mean() for i in test]
+        cv[f"{a}/{s}"] = {"mse": float(np.mean((pred - yz) ** 2)),
+                          "fold_mse": [float(np.mean((pred[t] - yz[t]) ** 2)) for _, t in folds],
+                          "corr": _corr(pred, yz)}
     const = np.empty(len(yz))
     for train, test in folds:
         const[test] = yz[train].mean()
     cv["constant"] = {"mse": float(np.mean((const - yz) ** 2)),
                       "fold_mse": [float(np.mean((const[t] - yz[t]) ** 2)) for _, t in folds]}
-    allowed = [k for k in cv if k != "constant" and arch in ("auto", k.split("/")[0])]
-    best = min(allowed, key=lambda k: cv[k]["mse"])
-    chosen, chosen_inputs = best.split("/")
+    allowed = [c for c in candidates if arch in ("auto", c[0])]
+    chosen, chosen_inputs = min(allowed, key=lambda c: cv["/".join(c)]["mse"])
+    best = f"{chosen}/{chosen_inputs}"
     if cv[best]["mse"] >= cv["constant"]["mse"]:
         log.warning("selector %s does not beat a constant predictor in cross-validation (MSE %.3f vs %.3f); "
                     "its ranking may be no better than noise", best, cv[best]["mse"], cv["constant"]["mse"])
@@ -249,11 +250,12 @@ def train_selector(*, scores: list[str], pca: str, subsets: str, labels: str, ou
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / "model.safetensors", ".safetensors") as tmp:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    spec = {"arch": chosen, "inputs": chosen_inputs, "in_dim": int(xs.shape[1]), "hidden": hidden, "n_heads": n_heads, "layers": layers,
-            "context": context, "seed": seed, "features": names, "indicators": indicators,
+    spec = {"arch": chosen, "inputs": chosen_inputs, "in_dim": int(xs.shape[1]), "hidden": hidden,
+            "n_heads": n_heads, "layers": layers, "context": context, "seed": seed, "features": names, "indicators": indicators,
             "skipped_indicators": skipped, "feature_stats": stats, "label_mean": y_mean, "label_std": y_std}
     write_json(spec, out_dir / "model.json")
-    report = {"arch_requested": arch, "arch": chosen, "inputs_requested": inputs, "inputs": chosen_inputs, "cv": cv, "n_folds": len(folds), "cv_units": "standardised label",
+    report = {"arch_requested": arch, "arch": chosen, "inputs_requested": inputs, "inputs": chosen_inputs, "cv": cv,
+              "n_folds": len(folds), "cv_units": "standardised label",
               "n_subsets": len(members), "subsets": sub_ids, "features": names, "skipped_indicators": skipped,
               "label_mean": y_mean, "label_std": y_std, "train_mse": float(np.mean((fitted - yz) ** 2)),
               "hyperparameters": hp}
@@ -280,9 +282,10 @@ def predict(*, model_dir: str, scores: list[str], pca: str, out: str) -> None:
     x, ids, names, _, _ = _features(scores, pca, indicators=spec["indicators"], stats=spec["feature_stats"])
     if names != spec["features"]:
         raise ValueError(f"features {names} differ from the trained model's {spec['features']}; use the same PCA")
-    x = _inputs(x, len(spec["indicators"]), spec.get("inputs", "all"))
+    used = spec.get("inputs", "all")  # models saved before the input choice existed used every feature
+    x = _inputs(x, len(spec["indicators"]), used)
     q = predict_members(model, x, spec["context"], spec["seed"]) * spec["label_std"] + spec["label_mean"]
     write_parquet(pd.DataFrame({"sample_id": ids, "quality": q}), out,
-                  metadata={"arch": spec["arch"], "inputs": spec.get("inputs", "all"), "model_dir": str(model_dir), "features": names})
+                  metadata={"arch": spec["arch"], "inputs": used, "model_dir": str(model_dir), "features": names})
     log.info("predicted quality for %d examples: mean %.4f, std %.4f", len(q), q.mean(), q.std())
 

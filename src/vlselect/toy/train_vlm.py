@@ -27,7 +27,6 @@ from vlselect.runtime import seed_everything
 
 log = logging.getLogger(__name__)
 
-STAGE1_TEMPLATE = DEFAULT_TEMPLATE
 # words of the stage-2 template and the suites' questions, so they get their own (untrained) ids instead of <unk>
 INSTRUCTION = "Describe this image in detail."
 EXTRA_TEXT = [DEFAULT_TEMPLATE, "<Img> </Img> ###Human: ###Assistant:", "Describe this image in detail.",
@@ -139,7 +138,7 @@ def build_processor(tokenizer, *, image_size: int, num_query_tokens: int):
     return Blip2Processor(image_processor=image_processor, tokenizer=tokenizer, num_query_tokens=num_query_tokens)
 
 
-def caption_f1(model, processor, images, objects, *, template=STAGE1_TEMPLATE, instruction="", device,
+def caption_f1(model, processor, images, objects, *, template=DEFAULT_TEMPLATE, instruction="", device,
                batch_size=64, max_new_tokens=48) -> float:
     """Mean attribute F1 of greedy captions against the objects (vlselect.toy.world.attribute_f1)."""
     from vlselect.toy.world import attribute_f1
@@ -163,17 +162,17 @@ def _qa_instruction(row) -> str:
 
 def train_toy_vlm(*, corpus_dir: str, out_dir: str, steps: int = 1500, batch_size: int = 32, lr: float = 1e-3,
                   seed: int = 0, image_size: int = 64, num_query_tokens: int = 8, n_heldout: int = 200,
-                  qa_share: float = 0.5, caption_template: str = STAGE1_TEMPLATE,
+                  qa_share: float = 0.5, caption_template: str = DEFAULT_TEMPLATE,
                   clip_dir: str | None = None) -> dict:
     """Train the tiny VLM on ``corpus_dir`` (captions.parquet, qa.parquet + images/) and save it to ``out_dir``.
 
     Each batch mixes captions (``caption_template`` with the instruction "Describe this image in detail.") and, for
     a ``qa_share`` of its rows, the corpus's question-answer pairs in the conversation template: the analog of
-    MiniGPT-4's language model, which could already converse before its visual alignment. With ``clip_dir`` (the toy CLIP's folder) the model sees
-    through that CLIP's image tower, frozen, as MiniGPT-4 sees through EVA-CLIP; without it, through a ViT trained
-    here from scratch. ``out_dir`` loads with
-    AutoModelForImageTextToText/AutoProcessor; ``out_dir/metrics.json`` records the held-out caption attribute F1
-    of the trained model and of an untrained one (the trained one must be far above) and the held-out QA accuracy.
+    MiniGPT-4's language model, which could already converse before its visual alignment. With ``clip_dir`` (the
+    toy CLIP's folder) the model sees through that CLIP's image tower, frozen, as MiniGPT-4 sees through EVA-CLIP;
+    without it, through a ViT trained here from scratch. ``out_dir`` loads with AutoModelForImageTextToText and
+    AutoProcessor; ``out_dir/metrics.json`` records the held-out caption attribute F1 of the trained model and of an
+    untrained one (the trained one must be far above) and the held-out QA accuracy.
     """
     import torch
     from PIL import Image

@@ -32,7 +32,7 @@ def make_corpus(folder, n: int, seed: int = 0) -> pd.DataFrame:
     for i in range(n):
         img = Image.new("RGB", (64, 64), (245, 245, 245))
         draw = ImageDraw.Draw(img)
-        sentences = []
+        sentences, objects = [], []
         for _ in range(rng.randint(1, 3)):
             colour, shape, row, col = rng.choice(list(COLOURS)), rng.choice(SHAPES), rng.randint(0, 1), rng.randint(0, 1)
             x, y = col * 32 + 4, row * 32 + 4
@@ -43,10 +43,11 @@ def make_corpus(folder, n: int, seed: int = 0) -> pd.DataFrame:
             else:
                 draw.polygon([(x + 12, y), (x, y + 24), (x + 24, y + 24)], fill=COLOURS[colour])
             sentences.append(f"There is a {colour} {shape} in the {['top', 'bottom'][row]} {['left', 'right'][col]}.")
+            objects.append({"shape": shape, "colour": colour, "size": "large", "row": row, "col": col})
         path = f"images/c{i:05d}.png"
         img.save(folder / path)
         caption = " ".join(sentences)
-        rows.append({"image_path": path, "caption": caption, "objects": "[]"})
+        rows.append({"image_path": path, "caption": caption, "objects": json.dumps(objects)})
         flaw = rng.choice(["repetition", "filler", "short"])
         rejected = {"repetition": " ".join([caption] * 3), "filler": caption + " Overall it is a really nice picture.",
                     "short": " ".join(caption.split()[:3])}[flaw]
@@ -62,6 +63,8 @@ def make_manifest(corpus, captions: pd.DataFrame, path, n: int) -> pd.DataFrame:
     answers = captions["caption"].tolist()[:n]
     answers[1] = ""
     answers[2] = " ".join(f"Sentence number {k} is here." for k in range(12))
+    # a repetition loop, and a sentence shared with another answer of the batch (each is encoded once)
+    answers[4] = " ".join([answers[0]] * 3 + [answers[5]])
     df = pd.DataFrame({
         "sample_id": [f"s{i:03d}" for i in range(n)],
         "image_path": [str(corpus / p) for p in captions["image_path"][:n]],
@@ -93,6 +96,7 @@ def test_training_writes_models_and_reduces_loss(trained):
     clip_metrics = json.loads((root / "clip" / "metrics.json").read_text())
     assert clip_metrics["loss_end"] < clip_metrics["loss_start"]
     assert 0.0 <= clip_metrics["retrieval_accuracy_at_1_of_10"] <= 1.0
+    assert clip_metrics["hard_negatives"] and 0.0 <= clip_metrics["hard_negative_accuracy"] <= 1.0
     config = json.loads((root / "clip" / f"{MODEL_NAME}.json").read_text())
     assert config["vision_cfg"]["image_size"] == 64 and config["text_cfg"]["layers"] == 2
     reward_metrics = json.loads((root / "reward" / "metrics.json").read_text())
@@ -148,7 +152,7 @@ def test_clip_score_batched_equals_single_and_is_batch_size_invariant(trained, t
 
     model, preprocess, tokenizer = load_clip(model=MODEL_NAME, pretrained=weights, model_config_dir=str(clip_dir),
                                              device="cpu")
-    for i in (0, 2, 5, 19):
+    for i in (0, 2, 4, 5, 19):
         single = clip_score_single(model, preprocess, tokenizer, manifest.loc[i, "image_path"],
                                    manifest.loc[i, "answer"], "cpu")
         assert abs(single - df.loc[i, "score"]) < 1e-4

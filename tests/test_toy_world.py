@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from vlselect.toy.describe import hallucinate, split_sentences
+from vlselect.toy.describe import NUMBER_WORDS, hallucinate, split_sentences, swap_attribute
 from vlselect.toy.world import (COLOURS, FLAWS, RGB, SHAPES, STYLES, SUITES, TEXT_FLAWS, attribute_f1,
                                 build_toy_world, describe, parse_attributes, random_objects, render)
 
@@ -289,6 +289,30 @@ def test_attribute_f1_rewards_correct_and_punishes_wrong_facts():
     assert attribute_f1("There are two objects: a green circle and a blue square.", objs) == pytest.approx(2 / 3)
     assert attribute_f1("A red circle.", objs) == pytest.approx(0.5)
     assert attribute_f1("This is a beautiful image.", objs) == 0.0
+
+
+def test_swap_attribute_makes_one_small_false_edit():
+    rng = np.random.default_rng(3)
+    kinds = set()
+    for _ in range(200):
+        objs = random_objects(rng)
+        text = describe(objs, rng, background="plain")
+        twin = swap_attribute(text, objs, rng)
+        assert twin is not None and twin != text
+        before, after = text.split(), twin.split()
+        changed = [b.strip(".,:").lower() for a, b in zip(before, after) if a != b]
+        if len(before) == len(after) and len(changed) == 1 and changed[0] in COLOURS + SHAPES + NUMBER_WORDS:
+            kind = "colour" if changed[0] in COLOURS else "shape" if changed[0] in SHAPES else "count"
+            # the edit names a (colour, shape) absent from the scene, or the wrong number of objects
+            assert attribute_f1(twin, objs) < 1.0, (text, twin)
+        else:
+            kind = "position"  # another cell's phrase; attribute F1 does not check positions
+            assert len(split_sentences(twin)) == len(split_sentences(text))
+            assert not set(parse_attributes(twin)) ^ set(parse_attributes(text))
+        kinds.add(kind)
+    assert kinds == {"colour", "shape", "count", "position"}
+    assert swap_attribute("There is a red circle.", [], rng) is None  # no scene, no known lie
+    assert swap_attribute("A nice picture.", objs, rng) is None  # no fact to falsify
 
 
 @pytest.mark.parametrize("bad", [{"flaw_rates": [0.1] * 6}, {"flaw_rates": [0.5, 1.2]},

@@ -61,20 +61,23 @@ def encode_answers(model, tokenizer, answers: list[str], device: torch.device) -
     """Mean of the L2-normalised embeddings of each answer's sentences (not renormalised).
 
     Returns (embeddings [n, d] fp32, sentence counts [n]); an answer without sentences gets a zero row
-    and count 0. All sentences of the batch are encoded in one forward pass. Gradients flow when the
-    caller does not disable them (the toy CLIP trains through this very function).
+    and count 0. Each distinct sentence of the batch is encoded once, all in one forward pass: repetition
+    loops and templated answers repeat sentences, and a sentence's embedding does not depend on its
+    neighbours. Gradients flow when the caller does not disable them (the toy CLIP trains through this
+    very function).
     """
-    sentences, owner = [], []
+    index: dict[str, int] = {}
+    sentence_ids, owner = [], []
     for i, answer in enumerate(answers):
-        parts = split_sentences(answer)
-        sentences += parts
-        owner += [i] * len(parts)
+        for part in split_sentences(answer):
+            sentence_ids.append(index.setdefault(part, len(index)))
+            owner.append(i)
     counts = torch.bincount(torch.tensor(owner, dtype=torch.long), minlength=len(answers)).to(device)
-    if not sentences:
+    if not index:
         return torch.zeros(len(answers), _embed_dim(model), device=device), counts
     with autocast(device):
-        emb = model.encode_text(tokenizer(sentences).to(device, non_blocking=True))
-    emb = torch.nn.functional.normalize(emb.float(), dim=-1)
+        emb = model.encode_text(tokenizer(list(index)).to(device, non_blocking=True))
+    emb = torch.nn.functional.normalize(emb.float(), dim=-1)[torch.tensor(sentence_ids, device=device)]
     total = torch.zeros(len(answers), emb.shape[-1], device=device, dtype=emb.dtype)
     total = total.index_add(0, torch.tensor(owner, device=device), emb)
     return total / counts.clamp(min=1).unsqueeze(-1).to(emb.dtype), counts

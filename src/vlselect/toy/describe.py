@@ -47,6 +47,9 @@ _LIST_ONE = ("The image shows a single shape{bg}: {item}.", "There is one object
 _OBJECT = ("There is a {size} {colour} {shape} {pos}.", "A {size} {colour} {shape} sits {pos}.",
            "{Pos}, there is a {size} {colour} {shape}.", "{Pos} you can see a {size} {colour} {shape}.",
            "The {colour} {shape} {pos} is {size}.")
+# longest first, so a phrase is never matched by a shorter one inside it
+_POSITION_RE = re.compile("|".join(re.escape(p) for p in sorted((p for ps in _POSITIONS.values() for p in ps),
+                                                                  key=len, reverse=True)), re.IGNORECASE)
 _RELATION = {"left": "{a} is to the left of {b}.", "right": "{a} is to the right of {b}.",
              "above": "{a} is above {b}.", "below": "{a} is below {b}."}
 BACKGROUND_PHRASES = {"plain": " on a plain light grey background", "dark": " on a dark background",
@@ -170,6 +173,46 @@ def hallucinate(objects: Sequence[dict], rng: np.random.Generator, *,
         free = [cell for cell in sorted(_POSITIONS) if cell not in taken]
         objects[k]["row"], objects[k]["col"] = pick(rng, free)
     return describe(objects, rng, background=background), kind
+
+
+def swap_attribute(text: str, objects: Sequence[dict], rng: np.random.Generator) -> str | None:
+    """``text`` with one stated fact made false by the smallest edit, or None when it states none that can be.
+
+    The fact is a colour or a shape of a named object (to a pair absent from the scene), the count, or a
+    position (to a free cell), each kind equally likely when the text offers it. The toy CLIP trains on such
+    twins as hard negatives: telling a caption from its twin takes the image, which is what it needs to see a
+    hallucinated answer, whose lie is as small.
+    """
+    if not objects:
+        return None  # without the scene no edit is known to be false
+    present = {(o["colour"], o["shape"]) for o in objects}
+    lower = text.lower()  # same length as text, so its match spans index text too
+    edits: dict[str, list[tuple[int, int, list[str]]]] = {}
+    for m in _PAIR_RE.finditer(lower):
+        colour, shape = m.group(1), m.group(2)
+        colours = [c for c in COLOURS if (c, shape) not in present]
+        shapes = [s for s in SHAPES if (colour, s) not in present]
+        if colours:
+            edits.setdefault("colour", []).append((m.start(1), m.end(1), colours))
+        if shapes:
+            edits.setdefault("shape", []).append((m.start(2), m.end(2), shapes))
+    n = len(objects)
+    for m in _COUNT_RE.finditer(lower):
+        if n >= 2 and m.group(1) in NUMBER_WORDS:  # "one object" has no plural twin that stays grammatical
+            wrong = [number_word(k) for k in range(max(2, n - 2), n + 3) if k != n]
+            edits.setdefault("count", []).append((m.start(1), m.end(1), wrong))
+    taken = {(o["row"], o["col"]) for o in objects}
+    free = [phrase for cell, phrases in sorted(_POSITIONS.items()) if cell not in taken for phrase in phrases]
+    for m in _POSITION_RE.finditer(text):
+        if free:
+            edits.setdefault("position", []).append((m.start(), m.end(), free))
+    if not edits:
+        return None
+    start, end, options = pick(rng, edits[pick(rng, sorted(edits))])
+    new = pick(rng, options)
+    if text[start].isupper():
+        new = new[0].upper() + new[1:]
+    return text[:start] + new + text[end:]
 
 
 def repeat(sentences: list[str], rng: np.random.Generator) -> str:

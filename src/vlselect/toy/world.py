@@ -391,7 +391,7 @@ def build_toy_world(*, out_dir: str, seed: int = 0, n_examples: int = 3439, imag
     an answer of hidden source ``s{k}`` is flawed (at most len(STYLES) sources: one visual style each).
     ``suite_size`` is {"val": n, "test": n} items per suite. Returns a small summary (counts, flaw share).
     """
-    suite_size = {"val": 60, "test": 100} if suite_size is None else dict(suite_size)
+    suite_size = {"val": 128, "test": 100} if suite_size is None else dict(suite_size)
     flaw_rates = [float(r) for r in flaw_rates]
     if not 1 <= len(flaw_rates) <= len(STYLES):
         raise ValueError(f"flaw_rates has {len(flaw_rates)} entries; give 1 to {len(STYLES)} (one per source, "

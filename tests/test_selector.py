@@ -133,3 +133,22 @@ def test_unknown_arch_is_rejected(world):
     root, _, _, common = world
     with pytest.raises(ValueError, match="unknown selector arch 'transformer'"):
         train_selector(**common, out_dir=str(root / "bad"), arch="transformer")
+
+
+@pytest.mark.parametrize("monotone", [True, False])
+def test_monotone_linear_selector_never_weighs_an_indicator_negatively(world, tmp_path, monotone):
+    """Labels that fall as CLIP rises: a free linear fit weighs CLIP negatively, a monotone one holds it at 0."""
+    root, _, _, common = world
+    labels = pd.read_parquet(common["labels"])
+    labels["label"] = 1.0 - labels["label"]
+    write_parquet(labels, tmp_path / "labels.parquet")
+    out = tmp_path / "sel"
+    train_selector(**{**common, "labels": str(tmp_path / "labels.parquet")}, out_dir=str(out), arch="linear",
+                   inputs="indicators", epochs=200, seed=0, monotone=monotone)
+    report = json.loads((out / "report.json").read_text())
+    assert report["monotone"] is monotone and set(report["linear_weights"]) == {"clip", "reward"}
+    if monotone:
+        assert min(report["linear_weights"].values()) >= 0.0
+        assert report["linear_weights"]["clip"] < 0.05
+    else:
+        assert report["linear_weights"]["clip"] < -0.3

@@ -9,6 +9,12 @@ members, then a linear head per example), each on two input sets: the indicators
 let a model fit which images a subset holds rather than how good its answers are; cross-validation decides.
 The final model is trained on every subset.
 
+Monotone (the default): the linear selector's weights on the indicators are kept non-negative (projected
+gradient), because every indicator is defined so that higher is better. Thirty noisy labels can otherwise
+give an indicator a negative weight from a confound (which images a subset holds): on the toy world one such
+fit weighted CLIP negatively and picked 153 answers describing other images. The PCA features and the other
+shapes are not constrained; a negative weight found there is still free to be fitted.
+
 Per-example input: each usable indicator z-scored over the whole dataset (an unscored example gets 0, the
 average, after standardising) followed by the PCA features, also z-scored. The statistics are saved with
 the model so prediction uses exactly the training transform.
@@ -110,8 +116,12 @@ def _gather(x: torch.Tensor, mat: np.ndarray) -> tuple[torch.Tensor, torch.Tenso
 
 
 def fit_model(x: np.ndarray, members: list[np.ndarray], y: np.ndarray, *, arch: str, epochs: int, lr: float,
-              weight_decay: float, hidden: int, n_heads: int, layers: int, context: int, seed: int) -> Selector:
-    """Full-batch Adam on MSE(mean member prediction, label) over the given subsets."""
+              weight_decay: float, hidden: int, n_heads: int, layers: int, context: int, seed: int,
+              nonneg: int = 0) -> Selector:
+    """Full-batch Adam on MSE(mean member prediction, label) over the given subsets.
+
+    ``nonneg``: for the linear shape, how many leading input columns (the indicators) keep non-negative weights.
+    """
     torch.manual_seed(seed)
     model = Selector(arch, x.shape[1], hidden, n_heads, layers)
     mat, owner = make_groups(members, context, np.random.default_rng(seed))
@@ -126,6 +136,9 @@ def fit_model(x: np.ndarray, members: list[np.ndarray], y: np.ndarray, *, arch: 
         loss = torch.mean((pred - target) ** 2)
         loss.backward()
         opt.step()
+        if arch == "linear" and nonneg:
+            with torch.no_grad():
+                model.head.weight[:, :nonneg].clamp_(min=0.0)
     return model
 
 
@@ -193,11 +206,13 @@ def _subset_members(subsets: str, labels: str, ids: list[str]) -> tuple[list[np.
 # ------------------------------------------------------------------------------------------------- training
 def train_selector(*, scores: list[str], pca: str, subsets: str, labels: str, out_dir: str, arch: str = "mlp",
                    inputs: str = "all", epochs: int = 300, lr: float = 0.01, seed: int = 0, weight_decay: float = 1e-3,
-                   hidden: int = 16, n_heads: int = 1, layers: int = 1, context: int = 128, n_folds: int = 5) -> None:
+                   hidden: int = 16, n_heads: int = 1, layers: int = 1, context: int = 128, n_folds: int = 5,
+                   monotone: bool = True) -> None:
     """Cross-validate every selector shape and input set on the subset labels, then train the chosen one on all.
 
     ``arch`` is linear, mlp, attention, or auto; ``inputs`` is all (indicators + PCA features), indicators, or
-    auto; an auto choice takes the lowest cross-validated MSE. Writes out_dir/report.json (CV MSE per
+    auto; an auto choice takes the lowest cross-validated MSE. ``monotone`` keeps the linear shape's indicator
+    weights non-negative (see the module docstring). Writes out_dir/report.json (CV MSE per
     "arch/inputs" candidate and for a constant predictor, in standardised-label units), out_dir/model.safetensors
     and out_dir/model.json (arch, inputs, sizes, feature names, standardisation statistics).
     """
@@ -214,7 +229,7 @@ def train_selector(*, scores: list[str], pca: str, subsets: str, labels: str, ou
     y_std = y_std if y_std > 0 else 1.0
     yz = (y - y_mean) / y_std
     hp = dict(epochs=epochs, lr=lr, weight_decay=weight_decay, hidden=hidden, n_heads=n_heads, layers=layers,
-              context=context, seed=seed)
+              context=context, seed=seed, nonneg=len(indicators) if monotone else 0)
 
     folds = list(KFold(n_splits=min(n_folds, len(members)), shuffle=True, random_state=seed).split(yz))
     # every (arch, inputs) pair is cross-validated and reported; the choice is among those the caller allows
@@ -258,7 +273,10 @@ def train_selector(*, scores: list[str], pca: str, subsets: str, labels: str, ou
               "n_folds": len(folds), "cv_units": "standardised label",
               "n_subsets": len(members), "subsets": sub_ids, "features": names, "skipped_indicators": skipped,
               "label_mean": y_mean, "label_std": y_std, "train_mse": float(np.mean((fitted - yz) ** 2)),
-              "hyperparameters": hp}
+              "monotone": monotone, "hyperparameters": hp}
+    if chosen == "linear":  # in standardised units per input: what a pick owes to each indicator and feature
+        used = names if chosen_inputs == "all" else indicators
+        report["linear_weights"] = dict(zip(used, model.head.weight.detach()[0].tolist()))
     write_json(report, out_dir / "report.json")
     log.info("selector CV MSE: %s; using %s", {k: round(v["mse"], 3) for k, v in cv.items()}, best)
 

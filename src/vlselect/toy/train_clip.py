@@ -10,7 +10,7 @@ With ``hard_negatives`` each image also meets its caption's twin with one fact m
 (:func:`vlselect.toy.describe.swap_attribute`), as in NegCLIP. Random captions differ from the right one in
 almost everything, so a model trained on them alone learns the scene's gist and barely notices a single wrong
 colour, which is the commonest flaw of the instruction data. Only the edited sentence is new to the text
-encoder (encode_answers encodes each distinct sentence once), so the twins cost about a third more text.
+encoder (encode_answers encodes each distinct sentence once), so a step with twins takes about 15% longer.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ step because Vicuna already follows the ``###Human: ... ###Assistant:`` format; 
 scratch learns it here, describing included. An earlier version taught captions only with a plain prompt: the base
 model then answered "Describe this image in detail." with one word, and a projection-only stage 2 could not teach
 it to describe, whatever its data (every subset's caption score was near 0). Starting from a model that describes,
-stage 2 (projection only) moves it up on clean data and down on flawed data, which is what the labels measure.
+a stage-2 fine-tune can move it up on clean data and down on flawed data, which is what the labels measure (the toy
+config trains the language model there too: with the projection alone the tiny model's writing barely moved).
 """
 
 from __future__ import annotations

@@ -1,0 +1,73 @@
+"""Does a label see data quality through seed noise? The cleanest and the most flawed subset, several seeds.
+
+Fine-tunes the run's cleanest and most flawed k-means subsets (by the toy world's hidden truth) with each of
+``--seeds`` under one or more fine-tune settings, evaluates each model on the validation suites as a label is
+(with the config's ``evaluate`` settings), and prints per setting: the labels, the gap between the clean and
+the flawed subset's mean label, and the mean seed sd. A setting is fit for genuine labels where the gap is
+positive and several times the seed sd. Each setting is a name and a JSON object of ``finetune`` keys:
+
+    PYTHONPATH=src python bench/label_gap.py [--results results] [--config config.yaml] [--seeds 0 1 2] \\
+        --setting projection '{"trainable": ["language_projection"], "lr": 0.003}' \\
+        --setting with_lm '{"trainable": ["language_projection", "language_model"], "lr": 0.001}'
+
+Settings not given are the config's ``finetune`` values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from vlselect.config import load_config
+from vlselect.evaluate import evaluate
+from vlselect.finetune import finetune
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", default="results")
+    parser.add_argument("--config", default="config.yaml")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--setting", nargs=2, action="append", metavar=("NAME", "JSON"), required=True)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    r = Path(args.results)
+    cfg = load_config(args.config)
+    truth = pd.read_parquet(r / "toy" / "truth.parquet", columns=["sample_id", "clean"])
+    clean = pd.read_parquet(r / "labels" / "subsets.parquet").merge(truth, on="sample_id").groupby("subset")["clean"]
+    share = clean.mean().sort_values()
+    pair = {"clean": int(share.index[-1]), "flawed": int(share.index[0])}
+    print(f"cleanest subset {pair['clean']} ({share.iloc[-1]:.3f} unflawed), most flawed subset {pair['flawed']} "
+          f"({share.iloc[0]:.3f} unflawed)", flush=True)
+    base = {k: cfg["finetune"][k] for k in ("trainable", "template", "epochs", "batch_size", "lr")}
+    ev = cfg["evaluate"]
+    for name, setting in args.setting:
+        params = base | json.loads(setting)
+        labels = {}
+        for which, k in pair.items():
+            labels[which] = []
+            for seed in args.seeds:
+                with tempfile.TemporaryDirectory() as tmp:
+                    finetune(base_model=str(r / "toy" / "models" / "vlm"), train_dir=str(r / "labels" / f"subset_{k}"),
+                             out_dir=f"{tmp}/model", instruction=cfg["dataset"]["instruction"], seed=seed,
+                             device="cpu", **params)
+                    result = evaluate(model_dir=f"{tmp}/model", suites=cfg["labels"]["suites"], out=f"{tmp}/eval.json",
+                                      suite_root=str(r / "toy" / "suites"), split="val", batch_size=ev["batch_size"],
+                                      max_new_tokens=ev["max_new_tokens"], device="cpu")
+                labels[which].append(result["mean"])
+        gap = np.mean(labels["clean"]) - np.mean(labels["flawed"])
+        sd = float(np.mean([np.std(v, ddof=1) for v in labels.values()])) if len(args.seeds) > 1 else float("nan")
+        print(f"{name} {json.dumps(json.loads(setting))}: clean {[round(x, 3) for x in labels['clean']]}, "
+              f"flawed {[round(x, 3) for x in labels['flawed']]}; gap {gap:+.4f}, seed sd {sd:.4f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

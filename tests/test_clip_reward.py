@@ -242,3 +242,13 @@ def test_reward_tokenizer_ids_are_the_same_in_every_process():
     vocab = json.loads(runs[0].splitlines()[0])
     assert {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "red", "##r", "circle"} <= set(vocab)
     assert vocab["[UNK]"] not in json.loads(runs[0].splitlines()[1])  # known words, or spelled from known pieces
+
+
+def test_toy_clip_trains_without_twins_when_captions_name_no_scene(tmp_path):
+    corpus = tmp_path / "corpus"
+    captions = make_corpus(corpus, 24)
+    captions.assign(objects="[]").to_parquet(corpus / "captions.parquet")  # no scene known: no twin can be made
+    train_toy_clip(corpus_dir=str(corpus), out_dir=str(tmp_path / "clip"), steps=3, batch_size=8, lr=1e-3, seed=0)
+    metrics = json.loads((tmp_path / "clip" / "metrics.json").read_text())
+    assert metrics["hard_negatives"] and metrics["hard_negative_accuracy"] is None
+    assert 0.0 <= metrics["retrieval_accuracy_at_1_of_10"] <= 1.0

@@ -28,9 +28,9 @@ import torch
 from tqdm import tqdm
 
 from vlselect.io import atomic_path, write_json
-from vlselect.toy.describe import swap_attribute
 from vlselect.runtime import seed_everything
 from vlselect.scoring.clip import encode_answers, encode_images
+from vlselect.toy.describe import swap_attribute
 from vlselect.validate import load_rgb
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ def train_toy_clip(*, corpus_dir: str, out_dir: str, steps: int, batch_size: int
     n_held = max(N_CANDIDATES, int(round(HELD_OUT_FRACTION * len(captions))))
     held, train = order[:n_held], order[n_held:]
 
-    # fused: one pass over each tensor; unfused, updating the 49k x 64 token embedding took an eighth of a step
+    # fused: one pass over each tensor; unfused, updating the 49k x 64 token embedding took a seventh of a step
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1, fused=True)
     warmup = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -137,7 +137,8 @@ def train_toy_clip(*, corpus_dir: str, out_dir: str, steps: int, batch_size: int
     }
     write_json(metrics, out / "metrics.json")
     log.info("toy CLIP: held-out retrieval accuracy %.3f (right caption among %d), caption above its one-fact twin "
-             "%.3f, loss %.3f -> %.3f, %.0f s", accuracy, N_CANDIDATES, twin_accuracy, metrics["loss_start"],
+             "%s, loss %.3f -> %.3f, %.0f s", accuracy, N_CANDIDATES,
+             "n/a (no twins)" if twin_accuracy is None else f"{twin_accuracy:.3f}", metrics["loss_start"],
              metrics["loss_end"], train_seconds)
 
 

@@ -11,29 +11,14 @@ training), and the share where the caption's CLIP score beats the twin's is prin
 from __future__ import annotations
 
 import argparse
-import json
 
 import numpy as np
 import pandas as pd
 import torch
 
 from vlselect.models import load_clip
-from vlselect.scoring.clip import encode_answers, encode_images
-from vlselect.toy.describe import COLOURS, NUMBER_WORDS, SHAPES, swap_attribute
-from vlselect.toy.train_clip import HELD_OUT_FRACTION, MODEL_NAME, N_CANDIDATES, WEIGHTS_NAME
+from vlselect.toy.train_clip import MODEL_NAME, WEIGHTS_NAME, caption_twins, held_out_split, twin_wins
 from vlselect.validate import load_rgb
-
-
-def edit_kind(text: str, twin: str) -> str:
-    """colour, shape or count when one such word changed; otherwise position (a phrase of another cell)."""
-    a, b = text.split(), twin.split()
-    changed = [y.strip(".,:").lower() for x, y in zip(a, b) if x != y]
-    if len(a) == len(b) and len(changed) == 1:
-        word = changed[0]
-        for kind, words in (("colour", COLOURS), ("shape", SHAPES), ("count", NUMBER_WORDS)):
-            if word in words:
-                return kind
-    return "position"
 
 
 def main() -> int:
@@ -44,22 +29,16 @@ def main() -> int:
     args = parser.parse_args()
     caps = pd.read_parquet(f"{args.corpus}/captions.parquet")
     # the same held-out images and twins as train_toy_clip draws for this seed
-    twin_rng = np.random.default_rng([args.seed, 1])
-    twins = [swap_attribute(t, json.loads(o), twin_rng) for t, o in zip(caps["caption"], caps["objects"])]
-    order = np.random.default_rng(args.seed).permutation(len(caps))
-    held = [int(i) for i in order[:max(N_CANDIDATES, int(round(HELD_OUT_FRACTION * len(caps))))] if twins[i]]
-    kinds = pd.Series([edit_kind(caps["caption"][i], twins[i]) for i in held])
-    device = torch.device("cpu")
+    twins = caption_twins(caps, args.seed)
+    held = [int(i) for i in held_out_split(len(caps), np.random.default_rng(args.seed))[0] if twins[i]]
+    kinds = pd.Series([twins[i][1] for i in held])
     rows = {}
     for folder in args.models:
         model, preprocess, tokenizer = load_clip(model=MODEL_NAME, pretrained=f"{folder}/{WEIGHTS_NAME}",
                                                  model_config_dir=folder, device="cpu")
         images = torch.stack([preprocess(load_rgb(f"{args.corpus}/{caps['image_path'][i]}")) for i in held])
-        with torch.inference_mode():
-            img = encode_images(model, images, device)
-            right = encode_answers(model, tokenizer, [caps["caption"][i] for i in held], device)[0]
-            wrong = encode_answers(model, tokenizer, [twins[i] for i in held], device)[0]
-        wins = pd.Series(((img * right).sum(-1) > (img * wrong).sum(-1)).numpy())
+        wins = pd.Series(twin_wins(model, tokenizer, images, [caps["caption"][i] for i in held],
+                                   [twins[i][0] for i in held]))
         rows[folder] = wins.groupby(kinds).mean().to_dict() | {"all": float(wins.mean())}
     columns = ["colour", "count", "shape", "position", "all"]
     counts = kinds.value_counts()

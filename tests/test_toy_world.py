@@ -297,8 +297,10 @@ def test_swap_attribute_makes_one_small_false_edit():
     for _ in range(200):
         objs = random_objects(rng)
         text = describe(objs, rng, background="plain")
-        twin = swap_attribute(text, objs, rng)
-        assert twin is not None and twin != text
+        swapped = swap_attribute(text, objs, rng)
+        assert swapped is not None
+        twin, said_kind = swapped
+        assert twin != text
         before, after = text.split(), twin.split()
         changed = [b.strip(".,:").lower() for a, b in zip(before, after) if a != b]
         if len(before) == len(after) and len(changed) == 1 and changed[0] in COLOURS + SHAPES + NUMBER_WORDS:
@@ -309,6 +311,7 @@ def test_swap_attribute_makes_one_small_false_edit():
             kind = "position"  # another cell's phrase; attribute F1 does not check positions
             assert len(split_sentences(twin)) == len(split_sentences(text))
             assert not set(parse_attributes(twin)) ^ set(parse_attributes(text))
+        assert said_kind == kind, (text, twin, said_kind)
         kinds.add(kind)
     assert kinds == {"colour", "shape", "count", "position"}
     assert swap_attribute("There is a red circle.", [], rng) is None  # no scene, no known lie

@@ -175,8 +175,8 @@ def hallucinate(objects: Sequence[dict], rng: np.random.Generator, *,
     return describe(objects, rng, background=background), kind
 
 
-def swap_attribute(text: str, objects: Sequence[dict], rng: np.random.Generator) -> str | None:
-    """``text`` with one stated fact made false by the smallest edit, or None when it states none that can be.
+def swap_attribute(text: str, objects: Sequence[dict], rng: np.random.Generator) -> tuple[str, str] | None:
+    """(``text`` with one stated fact made false by the smallest edit, kind of edit), or None when it states none.
 
     The fact is a colour or a shape of a named object (to a pair absent from the scene), the count, or a
     position (to a free cell), each kind equally likely when the text offers it. The toy CLIP trains on such
@@ -208,11 +208,12 @@ def swap_attribute(text: str, objects: Sequence[dict], rng: np.random.Generator)
             edits.setdefault("position", []).append((m.start(), m.end(), free))
     if not edits:
         return None
-    start, end, options = pick(rng, edits[pick(rng, sorted(edits))])
+    kind = pick(rng, sorted(edits))
+    start, end, options = pick(rng, edits[kind])
     new = pick(rng, options)
     if text[start].isupper():
         new = new[0].upper() + new[1:]
-    return text[:start] + new + text[end:]
+    return text[:start] + new + text[end:], kind
 
 
 def repeat(sentences: list[str], rng: np.random.Generator) -> str:

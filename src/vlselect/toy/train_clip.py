@@ -83,13 +83,9 @@ def train_toy_clip(*, corpus_dir: str, out_dir: str, steps: int, batch_size: int
     images = torch.stack([preprocess(load_rgb(str(corpus / p))).half() for p in
                           tqdm(captions["image_path"], desc="decode corpus", file=sys.stderr)])
     texts = captions["caption"].tolist()
-    # the twins have their own stream, so switching them off leaves the batches as they were
-    twin_rng = np.random.default_rng([seed, 1])
-    twins = [swap_attribute(t, json.loads(o), twin_rng) for t, o in zip(texts, captions["objects"])]
+    twins = [None if t is None else t[0] for t in caption_twins(captions, seed)]
     rng = np.random.default_rng(seed)
-    order = rng.permutation(len(captions))
-    n_held = max(N_CANDIDATES, int(round(HELD_OUT_FRACTION * len(captions))))
-    held, train = order[:n_held], order[n_held:]
+    held, train = held_out_split(len(captions), rng)
 
     # fused: one pass over each tensor; unfused, updating the 49k x 64 token embedding took a seventh of a step
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1, fused=True)
@@ -130,7 +126,7 @@ def train_toy_clip(*, corpus_dir: str, out_dir: str, steps: int, batch_size: int
     metrics = {
         "model": MODEL_NAME, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
         "hard_negatives": hard_negatives,
-        "n_train": int(len(train)), "n_held_out": int(n_held),
+        "n_train": int(len(train)), "n_held_out": int(len(held)),
         "loss_start": float(np.mean(losses[:window])), "loss_end": float(np.mean(losses[-window:])),
         "retrieval_accuracy_at_1_of_10": accuracy, "hard_negative_accuracy": twin_accuracy,
         "train_seconds": round(train_seconds, 1),
@@ -157,17 +153,38 @@ def _retrieval_accuracy(model, tokenizer, images: torch.Tensor, texts: list[str]
     return hits / len(texts)
 
 
-def _twin_accuracy(model, tokenizer, images: torch.Tensor, texts: list[str], twins: list[str | None]) -> float | None:
-    """Share of held-out images whose caption's CLIP score beats its twin's (one fact false); None without twins."""
-    pairs = [(i, t) for i, t in enumerate(twins) if t is not None]
-    if not pairs:
-        return None
+def caption_twins(captions: pd.DataFrame, seed: int) -> list[tuple[str, str] | None]:
+    """Each caption's (twin, kind of edit) from :func:`swap_attribute` (None where none can be made).
+
+    The twins have their own random stream, so switching them off leaves the training batches as they were.
+    """
+    rng = np.random.default_rng([seed, 1])
+    return [swap_attribute(t, json.loads(o), rng) for t, o in zip(captions["caption"], captions["objects"])]
+
+
+def held_out_split(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(held-out rows, training rows) of ``n`` captions: the first draw of the training stream ``rng``."""
+    order = rng.permutation(n)
+    n_held = max(N_CANDIDATES, int(round(HELD_OUT_FRACTION * n)))
+    return order[:n_held], order[n_held:]
+
+
+def twin_wins(model, tokenizer, images: torch.Tensor, texts: list[str], twins: list[str]) -> np.ndarray:
+    """Per image, whether its caption's CLIP score beats its twin's (one fact false)."""
     device = torch.device("cpu")
-    rows = torch.tensor([i for i, _ in pairs])
     with torch.inference_mode():
-        img = encode_images(model, images[rows], device)
-        right = torch.cat([encode_answers(model, tokenizer, [texts[i] for i, _ in pairs[a:a + 256]], device)[0]
-                           for a in range(0, len(pairs), 256)])
-        wrong = torch.cat([encode_answers(model, tokenizer, [t for _, t in pairs[a:a + 256]], device)[0]
-                           for a in range(0, len(pairs), 256)])
-    return float(((img * right).sum(-1) > (img * wrong).sum(-1)).double().mean())
+        img = encode_images(model, images, device)
+        right = torch.cat([encode_answers(model, tokenizer, texts[a:a + 256], device)[0]
+                           for a in range(0, len(texts), 256)])
+        wrong = torch.cat([encode_answers(model, tokenizer, twins[a:a + 256], device)[0]
+                           for a in range(0, len(twins), 256)])
+    return ((img * right).sum(-1) > (img * wrong).sum(-1)).numpy()
+
+
+def _twin_accuracy(model, tokenizer, images: torch.Tensor, texts: list[str], twins: list[str | None]) -> float | None:
+    """Share of held-out images whose caption beats its twin (:func:`twin_wins`); None without twins."""
+    rows = [i for i, t in enumerate(twins) if t is not None]
+    if not rows:
+        return None
+    wins = twin_wins(model, tokenizer, images[torch.tensor(rows)], [texts[i] for i in rows], [twins[i] for i in rows])
+    return float(wins.astype(np.float64).mean())

@@ -3,8 +3,8 @@
 Fine-tunes the run's cleanest and most flawed k-means subsets (by the toy world's hidden truth) with each of
 ``--seeds`` under one or more fine-tune settings, evaluates each model on the validation suites as a label is
 (with the config's ``evaluate`` settings), and prints per setting: the labels, the gap between the clean and
-the flawed subset's mean label, and the mean seed sd. A setting is fit for genuine labels where the gap is
-positive and several times the seed sd. Each setting is a name and a JSON object of ``finetune`` keys:
+the flawed subset's mean label, and the mean seed sd, then the same for each suite. A setting is fit for genuine
+labels where the gap is positive and several times the seed sd. Each setting is a name and a JSON object of ``finetune`` keys:
 
     PYTHONPATH=src python bench/label_gap.py [--results results] [--config config.yaml] [--seeds 0 1 2] \\
         --setting projection '{"trainable": ["language_projection"], "lr": 0.003}' \\
@@ -26,7 +26,7 @@ import torch
 
 from vlselect.config import load_config
 from vlselect.evaluate import evaluate
-from vlselect.finetune import finetune
+from vlselect.finetune import finetune_seeds
 
 
 def main() -> int:
@@ -50,22 +50,23 @@ def main() -> int:
     ev = cfg["evaluate"]
     for name, setting in args.setting:
         params = base | json.loads(setting)
-        labels = {}
+        per_seed = {}
         for which, k in pair.items():
-            labels[which] = []
-            for seed in args.seeds:
-                with tempfile.TemporaryDirectory() as tmp:
-                    finetune(base_model=str(r / "toy" / "models" / "vlm"), train_dir=str(r / "labels" / f"subset_{k}"),
-                             out_dir=f"{tmp}/model", instruction=cfg["dataset"]["instruction"], seed=seed,
-                             device="cpu", **params)
-                    result = evaluate(model_dir=f"{tmp}/model", suites=cfg["labels"]["suites"], out=f"{tmp}/eval.json",
-                                      suite_root=str(r / "toy" / "suites"), split="val", batch_size=ev["batch_size"],
-                                      max_new_tokens=ev["max_new_tokens"], device="cpu")
-                labels[which].append(result["mean"])
-        gap = np.mean(labels["clean"]) - np.mean(labels["flawed"])
-        sd = float(np.mean([np.std(v, ddof=1) for v in labels.values()])) if len(args.seeds) > 1 else float("nan")
-        print(f"{name} {json.dumps(json.loads(setting))}: clean {[round(x, 3) for x in labels['clean']]}, "
-              f"flawed {[round(x, 3) for x in labels['flawed']]}; gap {gap:+.4f}, seed sd {sd:.4f}", flush=True)
+            with tempfile.TemporaryDirectory() as tmp:
+                finetune_seeds(seeds=args.seeds, base_model=str(r / "toy" / "models" / "vlm"),
+                               train_dir=str(r / "labels" / f"subset_{k}"), out_dir=f"{tmp}/models",
+                               instruction=cfg["dataset"]["instruction"], device="cpu", **params)
+                result = evaluate(model_dir=f"{tmp}/models", suites=cfg["labels"]["suites"], out=f"{tmp}/eval.json",
+                                  suite_root=str(r / "toy" / "suites"), split="val", batch_size=ev["batch_size"],
+                                  max_new_tokens=ev["max_new_tokens"], device="cpu")
+            per_seed[which] = pd.DataFrame([{"label": v["mean"]} | {s: a["accuracy"] for s, a in v["suites"].items()}
+                                            for v in result["seeds"].values()])
+        gap = per_seed["clean"].mean() - per_seed["flawed"].mean()
+        sd = (per_seed["clean"].std(ddof=1) + per_seed["flawed"].std(ddof=1)) / 2
+        print(f"{name} {json.dumps(json.loads(setting))}: clean {per_seed['clean']['label'].round(3).tolist()}, "
+              f"flawed {per_seed['flawed']['label'].round(3).tolist()}; gap {gap['label']:+.4f}, "
+              f"seed sd {sd['label']:.4f}", flush=True)
+        print(pd.DataFrame({"gap": gap, "seed_sd": sd, "gap/sd": gap / sd}).round(4).to_string(), flush=True)
     return 0
 
 

@@ -1,14 +1,13 @@
-"""Is a genuine label more than seed noise? Re-run one subset's fine-tune and evaluation with other seeds.
+"""Is a genuine label more than seed noise? Re-make one subset's label with other seeds.
 
-Reads a finished run's settings from its outputs (the subset's training set, the base VLM, the suites) and
-fine-tunes the same subset with ``--seeds`` seeds using the run's own fine-tune parameters
-(``results/labels/models/<k>/finetune.json``), each evaluated on the validation suites as the label is (with the
-config's ``evaluate`` settings, which the run's outputs do not record). Prints the
-labels' spread across the 30 subsets beside the spread of this one subset across seeds: a label means something
-only where the first is clearly larger.
+Reads a finished run's outputs (the subset's training set, the base VLM, the suites, the fine-tune settings in
+``results/labels/models/subset_<k>/seed_<s>/finetune.json``) and makes the subset's label ``--repeats`` more
+times as the run made it: ``labels.seeds`` fine-tunes (each repeat with new seeds), evaluated and averaged. Prints
+the spread of those labels beside the spread of the 30 subsets' labels (a label means something only where the
+second is clearly larger), and the spread of single fine-tunes, which is what a label of one seed would carry.
 
     PYTHONPATH=src python bench/label_seed_spread.py [--results results] [--config config.yaml] [--subset 0]
-        [--seeds 1 2 3]
+        [--repeats 2]
 """
 
 from __future__ import annotations
@@ -20,10 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from vlselect.config import load_config
-from vlselect.evaluate import evaluate
-from vlselect.finetune import finetune
+from vlselect.evaluate import evaluate, seed_dirs
+from vlselect.finetune import finetune_seeds
 
 
 def main() -> int:
@@ -31,35 +31,44 @@ def main() -> int:
     parser.add_argument("--results", default="results")
     parser.add_argument("--config", default="config.yaml", help="the run's config (for its evaluate settings)")
     parser.add_argument("--subset", type=int, default=0)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     r = Path(args.results)
     labels = pd.read_parquet(r / "labels" / "labels.parquet")
-    run = json.loads((r / "labels" / "models" / f"subset_{args.subset}" / "finetune.json").read_text())
+    runs = seed_dirs(r / "labels" / "models" / f"subset_{args.subset}")
+    if not runs:
+        raise SystemExit(f"{r}/labels/models/subset_{args.subset} holds no seed_<s> fine-tunes; finish a run first")
+    run = json.loads((runs[0] / "finetune.json").read_text())
     reference = json.loads((r / "labels" / "eval" / f"subset_{args.subset}.json").read_text())
-    params = {k: run[k] for k in ("trainable", "template", "instruction", "epochs", "batch_size", "lr")}
+    ft = {k: run[k] for k in ("base_model", "trainable", "template", "instruction", "epochs", "batch_size", "lr")}
     ev = load_config(args.config)["evaluate"]
-    scores = []
+    n, first = len(runs), int(runs[0].name[5:])
+    own = float(labels.loc[labels["subset"] == args.subset, "label"].iloc[0])
+    made = [own]
+    singles = [v["mean"] for v in reference.get("seeds", {}).values()] or [reference["mean"]]
     with tempfile.TemporaryDirectory() as tmp:
-        for seed in args.seeds:
-            out = Path(tmp) / f"seed{seed}"
-            finetune(base_model=run["base_model"], train_dir=str(r / "labels" / f"subset_{args.subset}"),
-                     out_dir=str(out), seed=seed, device="cpu", **params)
-            result = evaluate(model_dir=str(out), suites=sorted(reference["suites"]),
-                              out=str(Path(tmp) / f"eval{seed}.json"), suite_root=str(r / "toy" / "suites"),
+        for rep in range(1, args.repeats + 1):
+            seeds = [first + n * rep + i for i in range(n)]
+            finetune_seeds(seeds=seeds, train_dir=str(r / "labels" / f"subset_{args.subset}"),
+                           out_dir=f"{tmp}/models{rep}", device="cpu", **ft)
+            result = evaluate(model_dir=f"{tmp}/models{rep}", suites=sorted(reference["suites"]),
+                              out=f"{tmp}/eval{rep}.json", suite_root=str(r / "toy" / "suites"),
                               split=reference["split"], batch_size=ev["batch_size"],
                               max_new_tokens=ev["max_new_tokens"], device="cpu")
-            scores.append(result["mean"])
-            print(f"subset {args.subset} seed {seed}: label {result['mean']:.4f}", flush=True)
-    own = float(labels.loc[labels["subset"] == args.subset, "label"].iloc[0])
-    print(f"\nsubset {args.subset}: seed {run['seed']} (the run's) {own:.4f}; seeds {args.seeds}: "
-          f"{', '.join(f'{s:.4f}' for s in scores)}")
-    across_seeds = float(np.std([own, *scores], ddof=1))
+            made.append(result["mean"])
+            singles += [v["mean"] for v in result.get("seeds", {}).values()] or [result["mean"]]
+            print(f"subset {args.subset} seeds {seeds}: label {result['mean']:.4f}", flush=True)
     across_subsets = float(labels["label"].std(ddof=1))
-    print(f"sd across {len(scores) + 1} seeds of one subset: {across_seeds:.4f}")
-    # --seeds 0 alone re-runs the run's own seed: a zero spread then shows the label is reproducible
-    ratio = f"ratio {across_subsets / across_seeds:.1f}x" if across_seeds > 0 else "seeds agree exactly"
-    print(f"sd across {len(labels)} subsets' labels:        {across_subsets:.4f} ({ratio})")
+    spread = float(np.std(made, ddof=1))
+    single = float(np.std(singles, ddof=1))
+    print(f"\nsubset {args.subset}, labels of {n} seed(s) each: {', '.join(f'{m:.4f}' for m in made)} "
+          f"(the first is the run's)")
+    print(f"sd of this subset's label over {len(made)} makings:  {spread:.4f}")
+    print(f"sd of {len(singles)} single fine-tunes of this subset: {single:.4f}")
+    print(f"sd across {len(labels)} subsets' labels:           {across_subsets:.4f} "
+          f"({across_subsets / spread:.1f}x the label's own spread)")
     return 0
 
 

@@ -10,7 +10,7 @@ from PIL import Image
 
 from test_vlm_finetune import draw_example, make_base_model, make_train_dir
 from vlselect.evaluate import evaluate
-from vlselect.finetune import finetune
+from vlselect.finetune import finetune, finetune_seeds
 from vlselect.suites import load_suite, mc_correct, normalise, vqa_correct
 
 torch.set_num_threads(1)
@@ -105,6 +105,21 @@ def test_evaluate_writes_contract_json_and_is_batch_invariant(setup):
                      suite_root=str(suites), batch_size=5, max_new_tokens=6, device="cpu")
     assert [i["prediction"] for s in small["suites"].values() for i in s["items"]] == \
         [i["prediction"] for s in big["suites"].values() for i in s["items"]]
+
+
+def test_evaluate_averages_a_dir_of_seeds(setup):
+    tmp, base, suites = setup
+    seeds = tmp / "seeds"
+    finetune_seeds(seeds=[0, 1], base_model=str(base), train_dir=str(tmp / "data"), out_dir=str(seeds), epochs=1,
+                   batch_size=8, lr=3e-2, device="cpu")
+    kw = dict(suites=["toy-vqa", "toy-mc"], suite_root=str(suites), max_new_tokens=6, device="cpu")
+    each = [evaluate(model_dir=str(seeds / f"seed_{s}"), out=str(tmp / f"one{s}.json"), **kw) for s in (0, 1)]
+    both = evaluate(model_dir=str(seeds), out=str(tmp / "both.json"), **kw)
+    for name in ("toy-vqa", "toy-mc"):
+        assert both["suites"][name]["accuracy"] == pytest.approx(np.mean([e["suites"][name]["accuracy"] for e in each]))
+        assert both["seeds"]["1"]["suites"][name]["items"] == each[1]["suites"][name]["items"]
+    assert both["mean"] == pytest.approx(np.mean([e["mean"] for e in each]))
+    assert both["seed_sd"] == pytest.approx(np.std([e["mean"] for e in each], ddof=1))
 
 
 def test_evaluate_base_model_dir_and_errors(setup):

@@ -90,14 +90,29 @@ def test_collect_labels_mean_of_listed_suites(tmp_path):
                    suites=["toy-vqa", "toy-mc"])
     df = pd.read_parquet(out)
     assert df["subset"].tolist() == [2, 10]
-    assert list(df.columns) == ["subset", "label", "acc_toy-vqa", "acc_toy-mc"]
+    assert list(df.columns) == ["subset", "label", "seed_sd", "n_seeds", "acc_toy-vqa", "acc_toy-mc"]
     np.testing.assert_allclose(df["label"], [0.3, 0.4])
+    assert df["n_seeds"].tolist() == [1, 1] and df["seed_sd"].isna().all()
 
     with pytest.raises(ValueError, match="toy-spatial"):
         collect_labels(evals=[str(tmp_path / "subset_2.json")], out=str(out), suites=["toy-spatial"])
     with pytest.raises(ValueError, match="subset_<k>.json"):
         eval_json(tmp_path / "other.json", {"toy-vqa": 0.5})
         collect_labels(evals=[str(tmp_path / "other.json")], out=str(out))
+
+
+def test_collect_labels_with_seeds_reports_their_spread(tmp_path):
+    # two seeds of one subset, as evaluate writes a dir of seeds: suite accuracy = mean over seeds
+    seeds = {"0": {"toy-vqa": 0.5, "toy-mc": 0.1, "toy-count": 1.0}, "1": {"toy-vqa": 0.3, "toy-mc": 0.1, "toy-count": 0.0}}
+    write_json({"suites": {s: {"accuracy": float(np.mean([a[s] for a in seeds.values()])), "n": 10} for s in seeds["0"]},
+                "seeds": {k: {"suites": {s: {"accuracy": v, "n": 10, "items": []} for s, v in a.items()}}
+                          for k, a in seeds.items()}}, tmp_path / "subset_0.json")
+    out = tmp_path / "labels.parquet"
+    collect_labels(evals=[str(tmp_path / "subset_0.json")], out=str(out), suites=["toy-vqa", "toy-mc"])
+    row = pd.read_parquet(out).iloc[0]
+    assert row["label"] == pytest.approx(0.25) and row["n_seeds"] == 2
+    # the spread of the label over the listed suites (0.3 vs 0.2), not of all suites (0.53 vs 0.13)
+    assert row["seed_sd"] == pytest.approx(np.std([0.3, 0.2], ddof=1))
 
 
 def test_export_subset_writes_only_that_subset(tmp_path):

@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw
 from safetensors.torch import load_file
 
 from vlselect import finetune as ft
-from vlselect.finetune import encode_batch, finetune, load_finetuned, split_template
+from vlselect.finetune import encode_batch, finetune, finetune_seeds, load_finetuned, split_template
 from vlselect.toy.train_vlm import build_model, build_processor, _build_tokenizer
 
 torch.set_num_threads(1)
@@ -150,6 +150,53 @@ def test_resume_after_kill_gives_same_weights(base, train_dir, tmp_path, monkeyp
     finetune(out_dir=str(tmp_path / "other_seed"), **{**kw, "seed": 4})
     c = load_file(tmp_path / "other_seed" / "trainable.safetensors")
     assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_finetune_seeds_one_model_per_seed_and_resume(base, train_dir, tmp_path, monkeypatch):
+    kw = dict(base_model=str(base), train_dir=str(train_dir), epochs=1, batch_size=8, lr=1e-2, device="cpu")
+    out = tmp_path / "seeds"
+    # killed while training the second seed: the first stays finished, nothing looks complete
+    real_finetune = ft.finetune
+    calls = []
+
+    def die_on_second(**kwargs):
+        calls.append(kwargs["seed"])
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        return real_finetune(**kwargs)
+
+    monkeypatch.setattr(ft, "finetune", die_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        finetune_seeds(seeds=[5, 6], out_dir=str(out), **kw)
+    assert not out.exists()
+    assert (tmp_path / "seeds.seeds" / "seed_5" / "finetune.json").exists()
+    first = load_file(tmp_path / "seeds.seeds" / "seed_5" / "trainable.safetensors")
+
+    calls.clear()
+    monkeypatch.setattr(ft, "finetune", lambda **kwargs: calls.append(kwargs["seed"]) or real_finetune(**kwargs))
+    infos = finetune_seeds(seeds=[5, 6], out_dir=str(out), **kw)
+    assert calls == [6]  # seed 5 was kept, not retrained
+    assert [i["seed"] for i in infos] == [5, 6]
+    assert sorted(p.name for p in out.iterdir()) == ["seed_5", "seed_6"]
+    assert not (tmp_path / "seeds.seeds").exists()
+    five, six = (load_file(out / f"seed_{s}" / "trainable.safetensors") for s in (5, 6))
+    assert all(torch.equal(first[k], five[k]) for k in first)
+    assert not all(torch.equal(five[k], six[k]) for k in five)  # the seeds are different runs
+    single = tmp_path / "single"
+    finetune(out_dir=str(single), seed=6, **kw)
+    assert all(torch.equal(six[k], v) for k, v in load_file(single / "trainable.safetensors").items())
+
+    # finished seeds from other settings are discarded, not mixed into the new run
+    monkeypatch.setattr(ft, "finetune", die_on_second)
+    calls[:] = [0]
+    with pytest.raises(KeyboardInterrupt):
+        finetune_seeds(seeds=[5, 6], out_dir=str(tmp_path / "stale"), **kw)
+    calls.clear()
+    monkeypatch.setattr(ft, "finetune", lambda **kwargs: calls.append(kwargs["seed"]) or real_finetune(**kwargs))
+    finetune_seeds(seeds=[5, 6], out_dir=str(tmp_path / "stale"), **{**kw, "lr": 5e-3})
+    assert calls == [5, 6]
+    with pytest.raises(ValueError, match="distinct"):
+        finetune_seeds(seeds=[1, 1], out_dir=str(tmp_path / "dup"), **kw)
 
 
 def test_finetune_errors_are_clear(base, train_dir, tmp_path):

@@ -34,6 +34,10 @@ def test_every_stage_wrote_its_outputs(run):
     labels = pd.read_parquet(r / "labels" / "labels.parquet")
     assert sorted(labels["subset"]) == list(range(config["labels"]["n_subsets"]))
     assert labels["label"].between(0, 1).all()
+    # each label is the mean of labels.seeds fine-tunes, each kept with its own answers
+    assert (labels["n_seeds"] == config["labels"]["seeds"]).all() and labels["seed_sd"].notna().all()
+    evaluated = json.loads((r / "labels" / "eval" / "subset_0.json").read_text())
+    assert sorted(evaluated["seeds"]) == [str(config["finetune"].get("seed", 0) + i) for i in range(config["labels"]["seeds"])]
     table = pd.read_csv(r / "final" / "table.csv")
     assert len(table) == 1 + len(config["final"]["methods"])
     judge = json.loads((r / "final" / "judge.json").read_text())

@@ -50,6 +50,7 @@ COMMANDS: dict[str, Command] = {
     "fit-pca": Command("vlselect.features:fit_pca"),
     "make-subsets": Command("vlselect.subsets:make_subsets"),
     "finetune": Command("vlselect.finetune:finetune"),
+    "finetune-seeds": Command("vlselect.finetune:finetune_seeds"),
     "evaluate": Command("vlselect.evaluate:evaluate"),
     "collect-labels": Command("vlselect.labels:collect_labels", lists=("evals",)),
     "train-selector": Command("vlselect.selector:train_selector", lists=("scores",)),

@@ -2,7 +2,8 @@
 
 Answers come from batched greedy generation with the same conversation template the fine-tune used (the suite
 question as the instruction), so a label measures what the fine-tuning data taught. Writes the eval JSON of the
-contract: per-suite accuracy, n and per-item answers, and "mean" = the mean of the suite accuracies.
+contract: per-suite accuracy, n and per-item answers, and "mean" = the mean of the suite accuracies. A genuine
+label's dir holds several seeds' fine-tunes; their accuracies are averaged and each seed's answers kept.
 """
 
 from __future__ import annotations
@@ -34,24 +35,21 @@ def load_model(model_dir: str, device, base_model: str | None = None):
     raise FileNotFoundError(f"{model_dir} is neither a fine-tune output (finetune.json) nor a model dir (config.json)")
 
 
-def evaluate(*, model_dir: str, suites: list, out: str, suite_root: str | None = None, split: str = "val",
-             batch_size: int = 64, max_new_tokens: int = 64, device: str = "auto", base_model: str | None = None,
-             template: str | None = None) -> dict:
-    """Answer every item of ``suites`` with the model in ``model_dir`` and write the eval JSON to ``out``.
+def seed_dirs(model_dir: str | Path) -> list[Path]:
+    """The fine-tunes of a :func:`vlselect.finetune.finetune_seeds` output (``seed_<s>`` dirs) in seed order.
 
-    ``suites`` holds toy-layout names (under ``suite_root``) or spec dicts {"name","format","path"} for local copies
-    of real benchmarks. ``template`` overrides the one recorded by the fine-tune (the base model has none recorded and
-    uses the default MiniGPT-4 template). Returns the written dict.
+    Empty for a single fine-tune or a model dir.
     """
+    dirs = [p for p in Path(model_dir).glob("seed_*") if p.is_dir() and p.name[5:].isdigit()]
+    return sorted(dirs, key=lambda p: int(p.name[5:]))
+
+
+def _answer_suites(model, processor, template: str, suites: list, suite_root, split: str, batch_size: int,
+                   max_new_tokens: int, dev) -> dict:
+    """{suite name: {"accuracy", "n", "items"}} for one model."""
     import torch
     from tqdm import tqdm
 
-    if not suites:
-        raise ValueError("no suites to evaluate; set labels.suites / final.suites")
-    seed_everything(0)
-    dev = pick_device(device)
-    model, processor, recorded = load_model(model_dir, dev, base_model)
-    template = template or recorded
     results = {}
     for spec in suites:
         name, items = load_suite(spec, suite_root, split)
@@ -67,7 +65,50 @@ def evaluate(*, model_dir: str, suites: list, out: str, suite_root: str | None =
         acc = float(np.mean([r["correct"] for r in rows]))
         results[name] = {"accuracy": acc, "n": len(rows), "items": rows}
         log.info("%s: accuracy %.3f on %d items", name, acc, len(rows))
-    report = {"suites": results, "mean": float(np.mean([r["accuracy"] for r in results.values()])),
-              "model_dir": str(model_dir), "split": split}
+    return results
+
+
+def _mean_accuracy(results: dict) -> float:
+    return float(np.mean([r["accuracy"] for r in results.values()]))
+
+
+def evaluate(*, model_dir: str, suites: list, out: str, suite_root: str | None = None, split: str = "val",
+             batch_size: int = 64, max_new_tokens: int = 64, device: str = "auto", base_model: str | None = None,
+             template: str | None = None) -> dict:
+    """Answer every item of ``suites`` with the model in ``model_dir`` and write the eval JSON to ``out``.
+
+    ``suites`` holds toy-layout names (under ``suite_root``) or spec dicts {"name","format","path"} for local copies
+    of real benchmarks. ``template`` overrides the one recorded by the fine-tune (the base model has none recorded and
+    uses the default MiniGPT-4 template). A dir of several seeds' fine-tunes (:func:`seed_dirs`) is evaluated seed
+    by seed: each suite's accuracy is then the mean over seeds, ``seeds`` holds every seed's own results and answers,
+    and ``seed_sd`` the spread of the seeds' mean accuracies. Returns the written dict.
+    """
+    if not suites:
+        raise ValueError("no suites to evaluate; set labels.suites / final.suites")
+    dev = pick_device(device)
+    runs = seed_dirs(model_dir)
+    per_seed = {}
+    for run in runs or [Path(model_dir)]:
+        seed_everything(0)
+        model, processor, recorded = load_model(run, dev, base_model)
+        if runs:
+            log.info("seed %s", run.name[5:])
+        per_seed[run.name[5:]] = _answer_suites(model, processor, template or recorded, suites, suite_root, split,
+                                                batch_size, max_new_tokens, dev)
+    report = {"model_dir": str(model_dir), "split": split}
+    if not runs:
+        (results,) = per_seed.values()
+        report |= {"suites": results, "mean": _mean_accuracy(results)}
+    else:
+        means = {seed: _mean_accuracy(results) for seed, results in per_seed.items()}
+        first = next(iter(per_seed.values()))
+        report |= {
+            "suites": {name: {"accuracy": float(np.mean([r[name]["accuracy"] for r in per_seed.values()])),
+                              "n": first[name]["n"]} for name in first},
+            "mean": float(np.mean(list(means.values()))),
+            "seed_sd": float(np.std(list(means.values()), ddof=1)) if len(means) > 1 else 0.0,
+            "seeds": {seed: {"mean": means[seed], "suites": results} for seed, results in per_seed.items()},
+        }
+        log.info("mean over %d seeds %.4f (seed sd %.4f)", len(means), report["mean"], report["seed_sd"])
     write_json(report, out)
     return report

@@ -10,6 +10,8 @@ Two backends:
 * ``minigpt4``: renders the official repository's stage-2 YAML config for this training set and runs its train
   script as an external command, then records the newest ``checkpoint_*.pth``.
 
+:func:`finetune_seeds` trains one model per seed on the same data (a genuine label is the mean over seeds).
+
 The prompt/batch helpers here (``split_template``, ``encode_batch``, ``generate``) are shared with
 :mod:`vlselect.evaluate` and :mod:`vlselect.toy.train_vlm`, so training and evaluation build the same inputs.
 """
@@ -21,6 +23,7 @@ import json
 import logging
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -281,8 +284,6 @@ def _finetune_transformers(*, base_model, train_dir, out_dir, trainable, templat
         log.info("epoch %d: mean answer loss %.4f", epoch + 1, float(np.mean(losses)))
         _save_ckpt(ckpt_dir, params, optimizer, epoch + 1, torch.get_rng_state(), fingerprint)
 
-    import shutil
-
     from safetensors.torch import save_file
 
     info = {"backend": "transformers", "base_model": str(Path(base_model).resolve()), "trainable": list(trainable),
@@ -350,6 +351,45 @@ def _finetune_minigpt4(*, base_model, train_dir, out_dir, epochs, batch_size, lr
     with atomic_dir(out_dir) as tmp:
         write_json(info, tmp / "finetune.json")
     return info
+
+
+def finetune_seeds(*, seeds: list[int], train_dir: str, out_dir: str, **settings) -> list[dict]:
+    """Fine-tune one model per seed on the same training set, into ``out_dir/seed_<s>`` each.
+
+    A genuine label from one fine-tune carries the noise of that run's data order; the mean over a few seeds is a
+    steadier label (BENCHMARKS.md), and :func:`vlselect.evaluate.evaluate` averages such a dir. ``settings`` are
+    :func:`finetune`'s other arguments. Finished seeds wait in ``<out_dir>.seeds`` (discarded if the data or the
+    settings change), so a killed job resumes at its first unfinished seed, and within it at its last finished
+    epoch; ``out_dir`` appears only when every seed is done. Returns each seed's finetune.json content.
+    """
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be a non-empty list of distinct integers, got {seeds}; check labels.seeds")
+    staging = Path(str(out_dir) + ".seeds")
+    stamp = staging / "settings.sha256"
+    fingerprint = sha256_text(json.dumps([{k: v for k, v in settings.items() if k != "device"},
+                                          sha256_file(Path(train_dir) / "filter_cap.json")], sort_keys=True))
+    if staging.exists() and (not stamp.exists() or stamp.read_text() != fingerprint):
+        log.warning("discarding %s: its finished seeds were trained on other data or with other settings", staging)
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(fingerprint)
+    infos = []
+    for seed in seeds:
+        done = staging / f"seed_{seed}"
+        if (done / "finetune.json").exists():
+            log.info("seed %d was trained before this run (%s); keeping it", seed, done)
+            infos.append(read_json(done / "finetune.json"))
+        else:
+            log.info("seed %d (%d of %d)", seed, seeds.index(seed) + 1, len(seeds))
+            infos.append(finetune(train_dir=train_dir, out_dir=str(done), seed=seed, **settings))
+    with atomic_dir(out_dir) as tmp:
+        for seed in seeds:
+            os.replace(staging / f"seed_{seed}", tmp / f"seed_{seed}")
+    stamp.unlink()
+    # the minigpt4 backend's work dirs (the checkpoints its finetune.json points to) stay where they were written
+    if not any(staging.iterdir()):
+        staging.rmdir()
+    return infos
 
 
 def finetune(*, base_model: str | None, train_dir: str, out_dir: str, backend: str = "transformers",

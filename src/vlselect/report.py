@@ -319,10 +319,13 @@ def _colours(n: int) -> list:
 @_styled
 def plot_labels_vs_predicted(*, labels: str, subsets: str, predictions: str, out: str) -> None:
     """Each subset's genuine label (mean accuracy after fine-tuning on it) against the mean predicted quality of its
-    members; the title gives Spearman's ρ, i.e. how well the selector ranks subsets."""
+    members; the title gives Spearman's ρ, i.e. how well the selector ranks subsets. A label averaged over several
+    fine-tune seeds gets an error bar of its standard error (seed sd / sqrt(seeds))."""
     from scipy.stats import spearmanr
 
-    lab = pd.read_parquet(labels)[["subset", "label"]]
+    lab = pd.read_parquet(labels)
+    lab["stderr"] = lab["seed_sd"] / np.sqrt(lab["n_seeds"]) if "seed_sd" in lab else np.nan
+    lab = lab[["subset", "label", "stderr"]]
     sub = pd.read_parquet(subsets)[["sample_id", "subset"]]
     pred = pd.read_parquet(predictions)[["sample_id", "quality"]]
     members = sub.merge(pred, on="sample_id", how="left")
@@ -336,6 +339,9 @@ def plot_labels_vs_predicted(*, labels: str, subsets: str, predictions: str, out
     rho = spearmanr(df["predicted"], df["label"]).statistic
     fig = _figure(7.5, 6.0)
     ax = fig.subplots()
+    if df["stderr"].notna().any():
+        ax.errorbar(df["predicted"], df["label"], yerr=df["stderr"].fillna(0), fmt="none", ecolor="gray", alpha=0.7,
+                    label="± standard error over seeds")
     ax.scatter(df["predicted"], df["label"], s=45, color="tab:blue", edgecolors="black", label=f"subset (n={len(df)})")
     for _, r in df.iterrows():
         ax.annotate(str(int(r["subset"])), (r["predicted"], r["label"]), textcoords="offset points", xytext=(4, 4),

@@ -1,9 +1,11 @@
-# Genuine quality labels: balanced k-means subsets, one fine-tune and one evaluation per subset ({k} fans out).
+# Genuine quality labels: balanced k-means subsets, one fine-tune job and one evaluation job per subset ({k} fans
+# out); each job runs labels.seeds seeds, whose mean is the label.
 FT = config["finetune"]
 FT_PARAMS = {k: FT[k] for k in ("backend", "trainable", "template", "epochs", "batch_size", "lr", "minigpt4")} | {
     "instruction": config["dataset"]["instruction"], "device": config["scoring"]["device"]}
 EVAL_PARAMS = {k: v for k, v in config["evaluate"].items() if k != "suite_root"} | {"device": config["scoring"]["device"]}
 VLM_INPUTS = toy_inputs(VLM)
+LABEL_SEEDS = config["labels"]["seeds"]
 
 
 rule make_subsets:
@@ -51,7 +53,7 @@ rule finetune_subset:
     output:
         directory(f"{R}/labels/models/subset_{{k}}"),
     params:
-        p=as_json(FT_PARAMS | {"seed": FT["seed"]}),
+        p=as_json(FT_PARAMS | {"seeds": [FT["seed"] + i for i in range(LABEL_SEEDS)]}),
         base=VLM,
     wildcard_constraints:
         k=r"\d+",
@@ -63,9 +65,9 @@ rule finetune_subset:
     resources:
         gpu=1,
         mem_mb=4000,
-        runtime=120,
+        runtime=120 * LABEL_SEEDS,
     shell:
-        "OMP_NUM_THREADS={threads} vlselect finetune --base-model {params.base:q} --train-dir {input.data} "
+        "OMP_NUM_THREADS={threads} vlselect finetune-seeds --base-model {params.base:q} --train-dir {input.data} "
         "--out-dir {output} --params {params.p:q} 2> {log}"
 
 
@@ -89,7 +91,7 @@ rule evaluate_subset:
     resources:
         gpu=1,
         mem_mb=4000,
-        runtime=60,
+        runtime=60 * LABEL_SEEDS,
     shell:
         "OMP_NUM_THREADS={threads} vlselect evaluate --model-dir {input.model} --suite-root {params.suite_root:q} "
         "--out {output} --params {params.p:q} 2> {log}"

@@ -17,16 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
+from label_helpers import clean_share, remake_label
 from vlselect.config import load_config
-from vlselect.evaluate import evaluate
-from vlselect.finetune import finetune_seeds
 
 
 def main() -> int:
@@ -40,25 +37,14 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     r = Path(args.results)
     cfg = load_config(args.config)
-    truth = pd.read_parquet(r / "toy" / "truth.parquet", columns=["sample_id", "clean"])
-    clean = pd.read_parquet(r / "labels" / "subsets.parquet").merge(truth, on="sample_id").groupby("subset")["clean"]
-    share = clean.mean().sort_values()
+    share = clean_share(r).sort_values()
     pair = {"clean": int(share.index[-1]), "flawed": int(share.index[0])}
     print(f"cleanest subset {pair['clean']} ({share.iloc[-1]:.3f} unflawed), most flawed subset {pair['flawed']} "
           f"({share.iloc[0]:.3f} unflawed)", flush=True)
-    base = {k: cfg["finetune"][k] for k in ("trainable", "template", "epochs", "batch_size", "lr")}
-    ev = cfg["evaluate"]
     for name, setting in args.setting:
-        params = base | json.loads(setting)
         per_seed = {}
         for which, k in pair.items():
-            with tempfile.TemporaryDirectory() as tmp:
-                finetune_seeds(seeds=args.seeds, base_model=str(r / "toy" / "models" / "vlm"),
-                               train_dir=str(r / "labels" / f"subset_{k}"), out_dir=f"{tmp}/models",
-                               instruction=cfg["dataset"]["instruction"], device="cpu", **params)
-                result = evaluate(model_dir=f"{tmp}/models", suites=cfg["labels"]["suites"], out=f"{tmp}/eval.json",
-                                  suite_root=str(r / "toy" / "suites"), split="val", batch_size=ev["batch_size"],
-                                  max_new_tokens=ev["max_new_tokens"], device="cpu")
+            result = remake_label(r, cfg, k, args.seeds, json.loads(setting))
             per_seed[which] = pd.DataFrame([{"label": v["mean"]} | {s: a["accuracy"] for s, a in v["suites"].items()}
                                             for v in result["seeds"].values()])
         gap = per_seed["clean"].mean() - per_seed["flawed"].mean()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import tempfile
 from pathlib import Path
 
@@ -34,3 +35,15 @@ def clean_share(results: Path) -> pd.Series:
     truth = pd.read_parquet(results / "toy" / "truth.parquet", columns=["sample_id", "clean"])
     subsets = pd.read_parquet(results / "labels" / "subsets.parquet")
     return subsets.merge(truth, on="sample_id").groupby("subset")["clean"].mean()
+
+
+def settings_parser(doc: str, seeds: list[int]) -> argparse.ArgumentParser:
+    """The options of a bench that compares fine-tune settings: a finished run, its config, seeds, settings."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--results", default="results")
+    parser.add_argument("--config", default="config.yaml", help="the run's config")
+    parser.add_argument("--seeds", type=int, nargs="+", default=seeds)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--setting", nargs=2, action="append", metavar=("NAME", "JSON"), required=True,
+                        help="a name and a JSON object of finetune keys over the config's")
+    return parser

@@ -12,7 +12,6 @@ the same base model and subsets. About 15 s per subset with 2 seeds on this mach
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -20,18 +19,12 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from label_helpers import clean_share, remake_label
+from label_helpers import clean_share, remake_label, settings_parser
 from vlselect.config import load_config
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--results", default="results")
-    parser.add_argument("--config", default="config.yaml")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--setting", nargs=2, action="append", metavar=("NAME", "JSON"), required=True)
-    args = parser.parse_args()
+    args = settings_parser(__doc__, [0, 1]).parse_args()
     torch.set_num_threads(args.threads)
     r = Path(args.results)
     cfg = load_config(args.config)

@@ -1,6 +1,7 @@
 """Suites (loaders for the toy and real-benchmark layouts, metrics) and evaluate()."""
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -120,6 +121,10 @@ def test_evaluate_averages_a_dir_of_seeds(setup):
         assert both["seeds"]["1"]["suites"][name]["items"] == each[1]["suites"][name]["items"]
     assert both["mean"] == pytest.approx(np.mean([e["mean"] for e in each]))
     assert both["seed_sd"] == pytest.approx(np.std([e["mean"] for e in each], ddof=1))
+    # labels.seeds 1: a dir of one seed is that seed's result, with no spread to report
+    shutil.copytree(seeds / "seed_0", tmp / "one" / "seed_0")
+    one = evaluate(model_dir=str(tmp / "one"), out=str(tmp / "one.json"), **kw)
+    assert one["mean"] == pytest.approx(each[0]["mean"]) and one["seed_sd"] is None and list(one["seeds"]) == ["0"]
 
 
 def test_evaluate_base_model_dir_and_errors(setup):

@@ -81,7 +81,7 @@ def evaluate(*, model_dir: str, suites: list, out: str, suite_root: str | None =
     of real benchmarks. ``template`` overrides the one recorded by the fine-tune (the base model has none recorded and
     uses the default MiniGPT-4 template). A dir of several seeds' fine-tunes (:func:`seed_dirs`) is evaluated seed
     by seed: each suite's accuracy is then the mean over seeds, ``seeds`` holds every seed's own results and answers,
-    and ``seed_sd`` the spread of the seeds' mean accuracies. Returns the written dict.
+    and ``seed_sd`` the spread of the seeds' mean accuracies (None for one seed). Returns the written dict.
     """
     if not suites:
         raise ValueError("no suites to evaluate; set labels.suites / final.suites")
@@ -93,8 +93,8 @@ def evaluate(*, model_dir: str, suites: list, out: str, suite_root: str | None =
         model, processor, recorded = load_model(run, dev, base_model)
         if runs:
             log.info("seed %s", run.name[5:])
-        per_seed[run.name[5:]] = _answer_suites(model, processor, template or recorded, suites, suite_root, split,
-                                                batch_size, max_new_tokens, dev)
+        per_seed[run.name[5:] if runs else "model"] = _answer_suites(
+            model, processor, template or recorded, suites, suite_root, split, batch_size, max_new_tokens, dev)
     report = {"model_dir": str(model_dir), "split": split}
     if not runs:
         (results,) = per_seed.values()
@@ -106,9 +106,10 @@ def evaluate(*, model_dir: str, suites: list, out: str, suite_root: str | None =
             "suites": {name: {"accuracy": float(np.mean([r[name]["accuracy"] for r in per_seed.values()])),
                               "n": first[name]["n"]} for name in first},
             "mean": float(np.mean(list(means.values()))),
-            "seed_sd": float(np.std(list(means.values()), ddof=1)) if len(means) > 1 else 0.0,
+            "seed_sd": float(np.std(list(means.values()), ddof=1)) if len(means) > 1 else None,
             "seeds": {seed: {"mean": means[seed], "suites": results} for seed, results in per_seed.items()},
         }
-        log.info("mean over %d seeds %.4f (seed sd %.4f)", len(means), report["mean"], report["seed_sd"])
+        spread = f" (seed sd {report['seed_sd']:.4f})" if report["seed_sd"] is not None else ""
+        log.info("mean over %d seed(s) %.4f%s", len(means), report["mean"], spread)
     write_json(report, out)
     return report

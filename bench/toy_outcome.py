@@ -66,7 +66,7 @@ def main() -> int:
 def _indicator_ceiling(r: Path, truth: pd.DataFrame, n: int = 200) -> str:
     """The best unflawed share among the top ``n`` of z(clip) + w z(reward) over a grid of w, with no cluster quotas:
     what any weighting of the two scoring models could reach, whatever the labels."""
-    from vlselect.selection import read_indicators
+    from vlselect.indicators import read_indicators
 
     ids = truth["sample_id"].tolist()
     raw, _ = read_indicators([str(r / "scores" / f"{k}.parquet") for k in ("clip", "reward")], ids)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from vlselect.io import write_parquet
-from vlselect.selector import predict, train_selector
+from vlselect.selector import SIMPLEST_FIRST, choose_candidate, predict, train_selector
 
 torch.set_num_threads(1)
 
@@ -57,6 +57,18 @@ def world(tmp_path_factory):
     return root, ids, quality, common
 
 
+def test_choice_prefers_the_simplest_shape_within_one_standard_error():
+    cv = {"linear/indicators": {"mse": 0.42, "se": 0.05}, "linear/all": {"mse": 0.60, "se": 0.05},
+          "mlp/indicators": {"mse": 0.39, "se": 0.04}, "mlp/all": {"mse": 0.45, "se": 0.06}}
+    every = [tuple(k.split("/")) for k in cv]
+    assert choose_candidate(cv, every) == ("linear", "indicators")  # 0.42 <= 0.39 + 0.04
+    cv["linear/indicators"]["mse"] = 0.44  # now beyond the bound: the next simplest within it is mlp/indicators
+    assert choose_candidate(cv, every) == ("mlp", "indicators")
+    # only the shapes allowed by the config compete
+    assert choose_candidate(cv, [("linear", "all"), ("mlp", "all")]) == ("mlp", "all")
+    assert choose_candidate(cv, [("linear", "all")]) == ("linear", "all")
+
+
 def test_report_fields_auto_choice_and_skipped_indicator(world):
     root, ids, quality, common = world
     out = root / "auto"
@@ -66,8 +78,13 @@ def test_report_fields_auto_choice_and_skipped_indicator(world):
     assert sorted(report["cv"]) == sorted(candidates + ["constant"])
     for name in report["cv"]:
         assert np.isfinite(report["cv"][name]["mse"]) and len(report["cv"][name]["fold_mse"]) == 5
-    best = min(candidates, key=lambda k: report["cv"][k]["mse"])
-    assert f"{report['arch']}/{report['inputs']}" == best
+    lowest = min(candidates, key=lambda k: report["cv"][k]["mse"])
+    assert report["lowest_cv"] == lowest
+    best = f"{report['arch']}/{report['inputs']}"
+    # the choice is the simplest shape within one standard error of the lowest CV error
+    assert report["cv"][best]["mse"] <= report["cv"][lowest]["mse"] + report["cv"][lowest]["se"]
+    simpler = [f"{a}/{s}" for a, s in SIMPLEST_FIRST][:[f"{a}/{s}" for a, s in SIMPLEST_FIRST].index(best)]
+    assert all(report["cv"][k]["mse"] > report["cv"][lowest]["mse"] + report["cv"][lowest]["se"] for k in simpler)
     assert report["skipped_indicators"] == ["gpt"]
     assert report["features"] == ["clip", "reward", "img_pc0", "img_pc1", "txt_pc0", "txt_pc1"]
     # The signal is strong: the chosen model must beat predicting the mean label.

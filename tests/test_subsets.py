@@ -77,6 +77,46 @@ def test_make_subsets_rejects_too_few_examples(tmp_path):
         make_subsets(features_dir=str(tmp_path), out=str(tmp_path / "s.parquet"), out_dropped=str(tmp_path / "d.parquet"))
 
 
+def write_score(path, ids, values, name):
+    write_parquet(pd.DataFrame({"sample_id": ids, "score": values, "status": "ok"}), path, metadata={"indicator": name})
+    return str(path)
+
+
+def test_indicator_space_subsets_span_the_indicators(tmp_path):
+    """Image clusters that say nothing about quality: image subsets share one indicator mean, indicator subsets not."""
+    rng = np.random.default_rng(0)
+    ids = write_features(tmp_path, blobs(240, 8, [60] * 4))
+    quality = rng.normal(size=240)  # independent of the images
+    scores = [write_score(tmp_path / "clip.parquet", ids, quality + 0.3 * rng.normal(size=240), "clip"),
+              write_score(tmp_path / "reward.parquet", ids, 5.0 * quality, "reward")]
+    spread = {}
+    for space in ("image", "indicators"):
+        out = tmp_path / f"{space}.parquet"
+        make_subsets(features_dir=str(tmp_path), out=str(out), out_dropped=str(tmp_path / f"{space}_d.parquet"),
+                     n_subsets=6, seed=0, space=space, scores=scores if space == "indicators" else None)
+        sub = pd.read_parquet(out)
+        assert (sub["subset"].value_counts() == 40).all()
+        assert read_parquet_metadata(out)["space"] == space
+        means = pd.Series(quality, index=ids).loc[sub["sample_id"]].groupby(sub["subset"].to_numpy()).mean()
+        spread[space] = means.std()
+    assert spread["image"] < 0.3 and spread["indicators"] > 0.8, spread
+
+
+def test_indicator_space_needs_a_usable_indicator(tmp_path):
+    ids = write_features(tmp_path, blobs(40, 4, [20, 20]))
+    kwargs = dict(features_dir=str(tmp_path), out=str(tmp_path / "s.parquet"), out_dropped=str(tmp_path / "d.parquet"),
+                  n_subsets=2, space="indicators")
+    with pytest.raises(ValueError, match="no score files"):
+        make_subsets(**kwargs)
+    skipped = tmp_path / "gpt.parquet"
+    write_parquet(pd.DataFrame({"sample_id": ids, "score": np.nan, "status": "skipped"}), skipped)
+    with pytest.raises(ValueError, match="subset_space: image"):
+        make_subsets(**kwargs, scores=[str(skipped)])
+    with pytest.raises(ValueError, match="unknown labels.subset_space"):
+        make_subsets(**(kwargs | {"space": "text"}))
+    assert not (tmp_path / "s.parquet").exists()
+
+
 def eval_json(path, accs):
     write_json({"suites": {s: {"accuracy": a, "n": 10, "items": []} for s, a in accs.items()},
                 "mean": float(np.mean(list(accs.values())))}, path)

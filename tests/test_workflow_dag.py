@@ -51,3 +51,19 @@ def test_no_step_is_given_the_ground_truth_file(tmp_path):
     assert inputs and not [line for line in inputs if "truth" in line]
     readers = [p.relative_to(REPO / "src") for p in (REPO / "src" / "vlselect").rglob("*.py") if "truth" in p.read_text()]
     assert {str(p) for p in readers} <= {"vlselect/toy/world.py"}, readers
+
+
+def test_indicator_space_subsets_wait_for_the_scores_and_image_subsets_do_not(tmp_path):
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    inputs = {}
+    for space in ("image", "indicators"):
+        config["labels"]["subset_space"] = space
+        write_config(tmp_path, config)
+        out = snakemake(tmp_path, "-n", "-p").stdout
+        block = out[out.index("rule make_subsets:"):].split("\n\n")[0]
+        inputs[space] = next(line for line in block.splitlines() if line.strip().startswith("input:"))
+        command = out[out.index("vlselect make-subsets"):].splitlines()[0]
+        assert f'"space": "{space}"' in command
+        assert ("--scores" in command) == (space == "indicators")
+    assert "scores/clip.parquet" not in inputs["image"]
+    assert all(f"scores/{k}.parquet" in inputs["indicators"] for k in ("clip", "reward", "length", "gpt"))

@@ -48,7 +48,7 @@ COMMANDS: dict[str, Command] = {
     "gather-features": Command("vlselect.shards:gather_features", lists=("inputs",)),
     "embed": Command("vlselect.features:embed"),
     "fit-pca": Command("vlselect.features:fit_pca"),
-    "make-subsets": Command("vlselect.subsets:make_subsets"),
+    "make-subsets": Command("vlselect.subsets:make_subsets", lists=("scores",)),
     "finetune": Command("vlselect.finetune:finetune"),
     "finetune-seeds": Command("vlselect.finetune:finetune_seeds"),
     "evaluate": Command("vlselect.evaluate:evaluate"),

@@ -7,7 +7,10 @@ constant predictor: "linear", "mlp", and "attention" (the paper's: self-attentio
 members, then a linear head per example), each on two input sets: the indicators with the PCA features
 ("all", the paper's) and the indicators alone ("indicators"). With some thirty labels the PCA features can
 let a model fit which images a subset holds rather than how good its answers are; cross-validation decides.
-The final model is trained on every subset.
+It takes the simplest candidate whose cross-validated error is within one standard error of the lowest (the
+"one-standard-error rule"): thirty labels cannot tell apart errors that close, and a more flexible model
+fitted to them extrapolates freely to examples unlike any subset's mean, such as a repetition loop far longer
+than any subset's typical answer. The final model is trained on every subset.
 
 Monotone (the default): the linear selector's weights on the indicators are kept non-negative (projected
 gradient), because every indicator is defined so that higher is better. Thirty noisy labels can otherwise
@@ -40,12 +43,14 @@ from torch import nn
 from tqdm import tqdm
 
 from vlselect.io import atomic_path, read_json, write_json, write_parquet
-from vlselect.selection import read_indicators
+from vlselect.indicators import read_indicators
 
 log = logging.getLogger(__name__)
 
 ARCHS = ("linear", "mlp", "attention")
 INPUTS = ("all", "indicators")
+# (arch, inputs) from the fewest parameters to the most: the order in which the one-standard-error rule prefers them
+SIMPLEST_FIRST = tuple((a, s) for a in ARCHS for s in ("indicators", "all"))
 
 
 def _inputs(x: np.ndarray, n_indicators: int, inputs: str) -> np.ndarray:
@@ -211,7 +216,8 @@ def train_selector(*, scores: list[str], pca: str, subsets: str, labels: str, ou
     """Cross-validate every selector shape and input set on the subset labels, then train the chosen one on all.
 
     ``arch`` is linear, mlp, attention, or auto; ``inputs`` is all (indicators + PCA features), indicators, or
-    auto; an auto choice takes the lowest cross-validated MSE. ``monotone`` keeps the linear shape's indicator
+    auto; an auto choice takes the simplest candidate within one standard error of the lowest cross-validated
+    MSE (:func:`choose_candidate`). ``monotone`` keeps the linear shape's indicator
     weights non-negative (see the module docstring). Writes out_dir/report.json (CV MSE per
     "arch/inputs" candidate and for a constant predictor, in standardised-label units), out_dir/model.safetensors
     and out_dir/model.json (arch, inputs, sizes, feature names, standardisation statistics).
@@ -242,8 +248,9 @@ def train_selector(*, scores: list[str], pca: str, subsets: str, labels: str, ou
             model = fit_model(xs, [members[i] for i in train], yz[train], arch=a, **hp)
             per_example = predict_members(model, xs, context, seed)
             pred[test] = [per_example[members[i]].mean() for i in test]
-        cv[f"{a}/{s}"] = {"mse": float(np.mean((pred - yz) ** 2)),
-                          "fold_mse": [float(np.mean((pred[t] - yz[t]) ** 2)) for _, t in folds],
+        err = (pred - yz) ** 2
+        cv[f"{a}/{s}"] = {"mse": float(err.mean()), "se": float(err.std(ddof=1) / np.sqrt(len(err))),
+                          "fold_mse": [float(np.mean(err[t])) for _, t in folds],
                           "corr": _corr(pred, yz)}
     const = np.empty(len(yz))
     for train, test in folds:
@@ -251,7 +258,7 @@ def train_selector(*, scores: list[str], pca: str, subsets: str, labels: str, ou
     cv["constant"] = {"mse": float(np.mean((const - yz) ** 2)),
                       "fold_mse": [float(np.mean((const[t] - yz[t]) ** 2)) for _, t in folds]}
     allowed = [c for c in candidates if arch in ("auto", c[0])]
-    chosen, chosen_inputs = min(allowed, key=lambda c: cv["/".join(c)]["mse"])
+    chosen, chosen_inputs = choose_candidate(cv, allowed)
     best = f"{chosen}/{chosen_inputs}"
     if cv[best]["mse"] >= cv["constant"]["mse"]:
         log.warning("selector %s does not beat a constant predictor in cross-validation (MSE %.3f vs %.3f); "
@@ -270,6 +277,8 @@ def train_selector(*, scores: list[str], pca: str, subsets: str, labels: str, ou
             "skipped_indicators": skipped, "feature_stats": stats, "label_mean": y_mean, "label_std": y_std}
     write_json(spec, out_dir / "model.json")
     report = {"arch_requested": arch, "arch": chosen, "inputs_requested": inputs, "inputs": chosen_inputs, "cv": cv,
+              "lowest_cv": "/".join(min(allowed, key=lambda c: cv["/".join(c)]["mse"])),
+              "choice_rule": "simplest within one standard error of the lowest CV MSE",
               "n_folds": len(folds), "cv_units": "standardised label",
               "n_subsets": len(members), "subsets": sub_ids, "features": names, "skipped_indicators": skipped,
               "label_mean": y_mean, "label_std": y_std, "train_mse": float(np.mean((fitted - yz) ** 2)),
@@ -278,7 +287,20 @@ def train_selector(*, scores: list[str], pca: str, subsets: str, labels: str, ou
         used = names if chosen_inputs == "all" else indicators
         report["linear_weights"] = dict(zip(used, model.head.weight.detach()[0].tolist()))
     write_json(report, out_dir / "report.json")
-    log.info("selector CV MSE: %s; using %s", {k: round(v["mse"], 3) for k, v in cv.items()}, best)
+    log.info("selector CV MSE: %s; using %s, the simplest within one standard error of the lowest (%s)",
+             {k: round(v["mse"], 3) for k, v in cv.items()}, best, report["lowest_cv"])
+
+
+def choose_candidate(cv: dict, allowed: list[tuple[str, str]]) -> tuple[str, str]:
+    """The simplest (arch, inputs) of ``allowed`` whose CV MSE is within one standard error of the lowest.
+
+    ``cv["arch/inputs"]`` holds "mse" and "se" (the standard error of the mean of the per-subset squared
+    errors). Simplicity follows :data:`SIMPLEST_FIRST`.
+    """
+    key = "/".join
+    best = min(allowed, key=lambda c: cv[key(c)]["mse"])
+    bound = cv[key(best)]["mse"] + cv[key(best)]["se"]
+    return next(c for c in SIMPLEST_FIRST if c in allowed and cv[key(c)]["mse"] <= bound)
 
 
 def _corr(a: np.ndarray, b: np.ndarray) -> float | None:

@@ -4,6 +4,13 @@ InstructionGPT-4 clusters the image embeddings into 30 subsets, fine-tunes one m
 and uses each model's benchmark score as the subset's quality label. Subsets of equal size make
 those labels comparable: a bigger subset would score better for being bigger, not for being
 cleaner. So the k-means clusters are rebalanced to exactly floor(N / n_subsets) members each.
+
+The space that k-means splits is a choice (``labels.subset_space``). "image", the paper's, gives subsets
+of like images. "indicators" clusters the z-scored quality indicators instead. The selector learns how
+quality depends on the indicators only from how the subsets differ in them; image clusters differ mostly
+in what their images show, so their indicator means vary little and the label differences they carry
+are largely about image content. Subsets cut along the indicators span them (a subset of long answers
+with low reward, one of high CLIP scores, ...), so their labels say which indicators mark good data.
 """
 
 from __future__ import annotations
@@ -15,9 +22,12 @@ import numpy as np
 import pandas as pd
 from sklearn.cluster import KMeans
 
+from vlselect.indicators import read_indicators, zscore
 from vlselect.io import write_parquet
 
 log = logging.getLogger(__name__)
+
+SPACES = ("image", "indicators")
 
 
 def load_image_features(features_dir: str) -> tuple[np.ndarray, list[str]]:
@@ -76,15 +86,35 @@ def balance_clusters(dist: np.ndarray, assign: np.ndarray, target: int) -> tuple
     return assign, dropped
 
 
-def make_subsets(*, features_dir: str, out: str, out_dropped: str, n_subsets: int = 30, seed: int = 0) -> None:
-    """Split the dataset into ``n_subsets`` equal-size k-means clusters of the image embeddings.
+def load_indicator_features(scores: list[str], ids: list[str]) -> np.ndarray:
+    """The usable indicators of ``scores``, each z-scored over the dataset, as rows aligned to ``ids``.
 
-    k-means++ (10 restarts, ``random_state=seed``) on L2-normalised image embeddings, then
-    :func:`balance_clusters` makes every subset exactly floor(N / n_subsets) examples. Writes ``out``
+    An example an indicator could not score gets 0 (the average) for it, as in the selector's input.
+    """
+    if not scores:
+        raise ValueError("labels.subset_space is 'indicators' but no score files were given")
+    raw, unusable = read_indicators(list(scores), ids)
+    if raw.shape[1] == 0:
+        raise ValueError(f"none of the indicators {unusable} has a usable score; use labels.subset_space: image")
+    log.info("subsets in the space of the indicators %s (unusable: %s)", list(raw.columns), unusable or "none")
+    return raw.apply(zscore).fillna(0.0).to_numpy(dtype=np.float64)
+
+
+def make_subsets(*, features_dir: str, out: str, out_dropped: str, n_subsets: int = 30, seed: int = 0,
+                 space: str = "image", scores: list[str] | None = None) -> None:
+    """Split the dataset into ``n_subsets`` equal-size k-means clusters of the image embeddings or indicators.
+
+    k-means++ (10 restarts, ``random_state=seed``) on the L2-normalised image embeddings (``space="image"``)
+    or on the z-scored indicators of the ``scores`` files (``space="indicators"``, see the module docstring),
+    then :func:`balance_clusters` makes every subset exactly floor(N / n_subsets) examples. Writes ``out``
     (sample_id, subset) and ``out_dropped`` (sample_id, reason "balance_trim") for the N mod n_subsets
     examples that fit no subset. Deterministic for a given seed.
     """
+    if space not in SPACES:
+        raise ValueError(f"unknown labels.subset_space {space!r}; use one of {', '.join(SPACES)}")
     x, ids = load_image_features(features_dir)
+    if space == "indicators":
+        x = load_indicator_features(list(scores or []), ids)
     n = len(ids)
     if n_subsets < 2 or n < n_subsets:
         raise ValueError(f"cannot make {n_subsets} subsets from {n} examples; set labels.n_subsets between 2 and N")
@@ -101,7 +131,7 @@ def make_subsets(*, features_dir: str, out: str, out_dropped: str, n_subsets: in
     ids_arr = np.asarray(ids, dtype=object)
     subsets = pd.DataFrame({"sample_id": ids_arr[kept], "subset": assign[kept].astype(np.int64)})
     drop_df = pd.DataFrame({"sample_id": ids_arr[dropped], "reason": ["balance_trim"] * int(dropped.sum())})
-    meta = {"n_subsets": n_subsets, "seed": seed, "subset_size": target, "n_dropped": int(dropped.sum()),
+    meta = {"n_subsets": n_subsets, "seed": seed, "space": space, "subset_size": target, "n_dropped": int(dropped.sum()),
             "n_moved": int((assign != km.labels_).sum()), "inertia": float(km.inertia_)}
     write_parquet(subsets, out, metadata=meta)
     write_parquet(drop_df, out_dropped, metadata=meta)

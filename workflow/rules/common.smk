@@ -10,6 +10,7 @@ validate_config(config)
 R = config["results"]
 TOY = config["dataset"]["format"] == "toy"
 INDICATORS = ["clip", "reward", "length", "gpt"]
+SCORE_FILES = expand(f"{R}/scores/{{indicator}}.parquet", indicator=INDICATORS)
 SUBSETS = list(range(config["labels"]["n_subsets"]))
 SUITES = config["labels"]["suites"]
 

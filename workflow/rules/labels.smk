@@ -8,23 +8,29 @@ VLM_INPUTS = toy_inputs(VLM)
 LABEL_SEEDS = config["labels"]["seeds"]
 
 
+SUBSET_SPACE = config["labels"]["subset_space"]
+
+
 rule make_subsets:
     input:
         image=f"{R}/features/image.npy",
         ids=f"{R}/features/ids.parquet",
+        # subsets cut along the indicators wait for the scores; image subsets do not
+        scores=SCORE_FILES if SUBSET_SPACE == "indicators" else [],
     output:
         subsets=f"{R}/labels/subsets.parquet",
         dropped=f"{R}/labels/subsets_dropped.parquet",
     params:
-        p=as_json({"n_subsets": config["labels"]["n_subsets"], "seed": config["labels"]["seed"]}),
+        p=as_json({"n_subsets": config["labels"]["n_subsets"], "seed": config["labels"]["seed"], "space": SUBSET_SPACE}),
         features=f"{R}/features",
+        scores=lambda w, input: f"--scores {' '.join(input.scores)}" if input.scores else "",
     log:
         f"{R}/logs/make_subsets.log",
     benchmark:
         f"{R}/benchmarks/make_subsets.tsv"
     shell:
         "vlselect make-subsets --features-dir {params.features} --out {output.subsets} --out-dropped {output.dropped} "
-        "--params {params.p:q} 2> {log}"
+        "{params.scores} --params {params.p:q} 2> {log}"
 
 
 rule export_subset:

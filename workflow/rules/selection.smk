@@ -1,6 +1,5 @@
 # The learned selector, spectral clusters for diversity, and one selection per method (with its export).
 SEL = config["selection"]
-SCORE_FILES = expand(f"{R}/scores/{{indicator}}.parquet", indicator=INDICATORS)
 
 
 def selection_params(w):

@@ -6,6 +6,9 @@ FT_PARAMS = {k: FT[k] for k in ("backend", "trainable", "template", "epochs", "b
 EVAL_PARAMS = {k: v for k, v in config["evaluate"].items() if k != "suite_root"} | {"device": config["scoring"]["device"]}
 VLM_INPUTS = toy_inputs(VLM)
 LABEL_SEEDS = config["labels"]["seeds"]
+# The selector, and so the selector's final fine-tunes, wait for the labels; the random and full final fine-tunes
+# wait for nothing. Local runs fit those in around the label jobs, not the other way round.
+LABEL_PRIORITY = 10
 
 
 SUBSET_SPACE = config["labels"]["subset_space"]
@@ -24,6 +27,7 @@ rule make_subsets:
         p=as_json({"n_subsets": config["labels"]["n_subsets"], "seed": config["labels"]["seed"], "space": SUBSET_SPACE}),
         features=f"{R}/features",
         scores=lambda w, input: f"--scores {' '.join(input.scores)}" if input.scores else "",
+    priority: LABEL_PRIORITY
     log:
         f"{R}/logs/make_subsets.log",
     benchmark:
@@ -43,6 +47,7 @@ rule export_subset:
         p=as_json({"format": "cc_sbu_align"}),
     wildcard_constraints:
         k=r"\d+",
+    priority: LABEL_PRIORITY
     log:
         f"{R}/logs/export_subset/{{k}}.log",
     benchmark:
@@ -67,6 +72,7 @@ rule finetune_subset:
         f"{R}/logs/finetune_subset/{{k}}.log",
     benchmark:
         f"{R}/benchmarks/finetune_subset/{{k}}.tsv"
+    priority: LABEL_PRIORITY
     threads: 1
     resources:
         gpu=1,
@@ -93,6 +99,7 @@ rule evaluate_subset:
         f"{R}/logs/evaluate_subset/{{k}}.log",
     benchmark:
         f"{R}/benchmarks/evaluate_subset/{{k}}.tsv"
+    priority: LABEL_PRIORITY
     threads: 1
     resources:
         gpu=1,

@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 
 from fake_openai import FakeOpenAI
+from vlselect.subsets import make_subsets
 from workflow_helpers import (REPO, SNAKEMAKE, assert_same_table, planned_jobs, snakemake, tiny_config,
                               write_config)
 
@@ -25,8 +26,10 @@ pytestmark = pytest.mark.slow
 
 KEY = "sk-test-PLANTED-KEY-7f3a9c"
 CONCURRENCY = 4
+# What the GPT score does not feed. The tiny config cuts its subsets along the indicators, GPT included, so the
+# subsets (and labels) are checked against the run's own complete scores instead.
 GPT_FREE = ["manifest.parquet", "scores/clip.parquet", "scores/reward.parquet", "scores/length.parquet",
-            "features/pca.parquet", "labels/subsets.parquet", "labels/labels.parquet"]
+            "features/pca.parquet"]
 
 
 def _score(prompt: str, n: int) -> dict:
@@ -95,6 +98,17 @@ def test_killed_twice_resumes_to_the_same_results_without_paying_twice_or_leakin
     # Outputs that the GPT score does not feed are exactly the uninterrupted run's.
     for rel in GPT_FREE:
         assert_same_table(rel, workdir, local)
+    # The subsets are those of the complete scores (never of the GPT file as it stood at a kill), and every one has
+    # its label.
+    labels_cfg = config["labels"]
+    assert labels_cfg["subset_space"] == "indicators"
+    make_subsets(features_dir=str(r / "features"), out=str(tmp_path / "subsets.parquet"),
+                 out_dropped=str(tmp_path / "dropped.parquet"), n_subsets=labels_cfg["n_subsets"],
+                 seed=labels_cfg.get("seed", 0), space="indicators",
+                 scores=[str(r / "scores" / f"{k}.parquet") for k in ("clip", "reward", "length", "gpt")])
+    pd.testing.assert_frame_equal(pd.read_parquet(r / "labels" / "subsets.parquet"),
+                                  pd.read_parquet(tmp_path / "subsets.parquet"))
+    assert sorted(pd.read_parquet(r / "labels" / "labels.parquet")["subset"]) == list(range(labels_cfg["n_subsets"]))
     for m in methods:
         selected = pd.read_parquet(r / "selection" / m / "selected.parquet")
         exported = sorted(p.stem for p in (r / "selection" / m / "dataset" / "image").iterdir())

@@ -22,6 +22,7 @@ from vlselect.io import read_json
 from vlselect.selection import diverse_top
 from vlselect.selector import predict, train_selector
 
+INDICATORS = ("clip", "reward", "length", "gpt")
 FLAWS = ("hallucination", "other_image", "repetition", "truncation", "filler", "short")
 
 
@@ -33,7 +34,8 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     r = Path(args.results)
-    scores = [str(p) for p in sorted((r / "scores").glob("*.parquet"))]
+    # in the workflow's order (INDICATORS in workflow/rules/common.smk): the MLP's initial weights follow the columns
+    scores = [str(r / "scores" / f"{k}.parquet") for k in INDICATORS if (r / "scores" / f"{k}.parquet").exists()]
     pca = str(r / "features" / "pca.parquet")
     truth = pd.read_parquet(r / "toy" / "truth.parquet").set_index("sample_id")
     clusters = pd.read_parquet(r / "selection" / "clusters.parquet")

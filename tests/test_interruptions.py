@@ -102,7 +102,7 @@ def test_killed_twice_resumes_to_the_same_results_without_paying_twice_or_leakin
     # its label.
     labels_cfg = config["labels"]
     assert labels_cfg["subset_space"] == "indicators"
-    make_subsets(features_dir=str(r / "features"), out=str(tmp_path / "subsets.parquet"),
+    make_subsets(manifest=str(r / "manifest.parquet"), out=str(tmp_path / "subsets.parquet"),
                  out_dropped=str(tmp_path / "dropped.parquet"), n_subsets=labels_cfg["n_subsets"],
                  seed=labels_cfg.get("seed", 0), space="indicators",
                  scores=[str(r / "scores" / f"{k}.parquet") for k in ("clip", "reward", "length", "gpt")])

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from vlselect.io import write_parquet
+from vlselect.indicators import percentile, percentile_grid, rank_scores
 from vlselect.selector import SIMPLEST_FIRST, choose_candidate, predict, train_selector
 
 torch.set_num_threads(1)
@@ -169,3 +170,46 @@ def test_monotone_linear_selector_never_weighs_an_indicator_negatively(world, tm
         assert report["linear_weights"]["clip"] < 0.05
     else:
         assert report["linear_weights"]["clip"] < -0.3
+
+
+def test_percentile_ranks_ties_equally_and_keeps_unscored_missing():
+    values = pd.Series([3.0, 1.0, 2.0, 2.0, np.nan, 1000.0], name="length")
+    grid = percentile_grid(values, n=101)
+    ranks = percentile(values, grid)
+    assert ranks.name == "length" and np.isnan(ranks[4])
+    assert ranks[2] == ranks[3]  # equal lengths, equal ranks
+    assert ranks[1] < ranks[2] < ranks[0] < ranks[5] <= 1.0 and ranks[1] >= 0.0
+    # values outside the grid's range clip to its ends: a new extreme counts no more than the old one
+    assert percentile(pd.Series([1e9, -1e9]), grid).tolist() == [1.0, 0.0]
+    normal = rank_scores(values, grid)
+    assert normal[1] < normal[2] == normal[3] < normal[0] < normal[5] < 3.0 and np.isnan(normal[4])
+
+
+@pytest.mark.parametrize("normalise", ["rank", "zscore"])
+def test_one_extreme_indicator_value_carries_a_pick_only_under_zscores(world, tmp_path, normalise):
+    """A reward far beyond every other (a loop's length, say) tops a z-scored selector's ranking, not a ranked one.
+
+    Here reward tracks quality, more loosely than CLIP, and the worst example outside the subsets gets a reward
+    some 200 standard deviations out. Under ranks that reward counts as the highest reward and no more, so
+    its poor CLIP keeps it out of the top quarter; under z-scores the reward weight lifts it to the top.
+    """
+    root, ids, quality, common = world
+    reward = quality + np.random.default_rng(1).normal(size=N)
+    outside = N_SUBSETS * SUBSET_SIZE  # in no subset, as most loops are outside any one subset's mean
+    worst = outside + int(np.argmin(quality[outside:]))
+    reward[worst] = 300.0
+    scores = [common["scores"][0], score_file(tmp_path / "reward.parquet", ids, reward, "reward")]
+    out = tmp_path / normalise
+    train_selector(**{**common, "scores": scores}, out_dir=str(out), arch="linear", inputs="indicators", epochs=200,
+                   lr=0.02, normalise=normalise)
+    report = json.loads((out / "report.json").read_text())
+    assert report["normalise"] == normalise and report["linear_weights"]["reward"] > 0.0
+    predict(model_dir=str(out), scores=scores, pca=common["pca"], out=str(out / "pred.parquet"))
+    rank = pd.read_parquet(out / "pred.parquet")["quality"].rank(ascending=False)[worst]
+    spec = json.loads((out / "model.json").read_text())
+    if normalise == "rank":
+        assert set(spec["feature_stats"]["percentile_grids"]) == {"clip", "reward"}
+        assert rank > N / 4
+    else:
+        assert spec["feature_stats"]["percentile_grids"] is None
+        assert rank == 1

@@ -17,6 +17,7 @@ def write_features(root, x):
     ids = [f"s{i:05d}" for i in range(len(x))]
     write_npy(x.astype(np.float32), root / "image.npy")
     write_parquet(pd.DataFrame({"sample_id": ids}), root / "ids.parquet")
+    write_parquet(pd.DataFrame({"sample_id": ids, "answer": "a"}), root / "manifest.parquet")
     return ids
 
 
@@ -92,8 +93,13 @@ def test_indicator_space_subsets_span_the_indicators(tmp_path):
     spread = {}
     for space in ("image", "indicators"):
         out = tmp_path / f"{space}.parquet"
-        make_subsets(features_dir=str(tmp_path), out=str(out), out_dropped=str(tmp_path / f"{space}_d.parquet"),
-                     n_subsets=6, seed=0, space=space, scores=scores if space == "indicators" else None)
+        if space == "indicators":  # the embeddings are not read: the examples come from the manifest
+            (tmp_path / "image.npy").unlink()
+            source = dict(manifest=str(tmp_path / "manifest.parquet"), scores=scores)
+        else:
+            source = dict(features_dir=str(tmp_path))
+        make_subsets(**source, out=str(out), out_dropped=str(tmp_path / f"{space}_d.parquet"), n_subsets=6, seed=0,
+                     space=space)
         sub = pd.read_parquet(out)
         assert (sub["subset"].value_counts() == 40).all()
         assert read_parquet_metadata(out)["space"] == space
@@ -104,8 +110,8 @@ def test_indicator_space_subsets_span_the_indicators(tmp_path):
 
 def test_indicator_space_needs_a_usable_indicator(tmp_path):
     ids = write_features(tmp_path, blobs(40, 4, [20, 20]))
-    kwargs = dict(features_dir=str(tmp_path), out=str(tmp_path / "s.parquet"), out_dropped=str(tmp_path / "d.parquet"),
-                  n_subsets=2, space="indicators")
+    kwargs = dict(manifest=str(tmp_path / "manifest.parquet"), out=str(tmp_path / "s.parquet"),
+                  out_dropped=str(tmp_path / "d.parquet"), n_subsets=2, space="indicators")
     with pytest.raises(ValueError, match="no score files"):
         make_subsets(**kwargs)
     skipped = tmp_path / "gpt.parquet"
@@ -114,6 +120,8 @@ def test_indicator_space_needs_a_usable_indicator(tmp_path):
         make_subsets(**kwargs, scores=[str(skipped)])
     with pytest.raises(ValueError, match="unknown labels.subset_space"):
         make_subsets(**(kwargs | {"space": "text"}))
+    with pytest.raises(ValueError, match="need manifest"):
+        make_subsets(**(kwargs | {"manifest": None}), scores=[str(skipped)])
     assert not (tmp_path / "s.parquet").exists()
 
 

@@ -65,5 +65,7 @@ def test_indicator_space_subsets_wait_for_the_scores_and_image_subsets_do_not(tm
         command = out[out.index("vlselect make-subsets"):].splitlines()[0]
         assert f'"space": "{space}"' in command
         assert ("--scores" in command) == (space == "indicators")
-    assert "scores/clip.parquet" not in inputs["image"]
+    assert "scores/clip.parquet" not in inputs["image"] and "manifest.parquet" not in inputs["image"]
     assert all(f"scores/{k}.parquet" in inputs["indicators"] for k in ("clip", "reward", "length", "gpt"))
+    # subsets cut along the indicators never read the embeddings, so re-embedding leaves their fine-tunes alone
+    assert "features/" not in inputs["indicators"] and "features/image.npy" in inputs["image"]

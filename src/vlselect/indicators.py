@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from vlselect.io import read_parquet_metadata
@@ -53,3 +54,40 @@ def zscore(values: pd.Series) -> pd.Series:
     """(x - mean) / std over the scored examples; a constant indicator gives 0 everywhere it is scored."""
     std = values.std(ddof=0)
     return (values - values.mean()) / (std if std > 0 else 1.0)
+
+
+def percentile_grid(values: pd.Series, n: int = 1001) -> list[float]:
+    """The indicator's quantiles at ``n`` evenly spaced levels (unscored examples ignored), for :func:`rank_scores`.
+
+    A fixed-size summary rather than every value, so a model that stores it stays small at any dataset size.
+    """
+    return np.nanquantile(values.to_numpy(dtype=np.float64), np.linspace(0.0, 1.0, n)).tolist()
+
+
+def percentile(values: pd.Series, grid: list[float]) -> pd.Series:
+    """Each value's percentile rank (0 to 1) in the distribution ``grid`` summarises; NaN stays NaN.
+
+    The rank is the share of grid points below the value, ties counted half, so equal values (answer lengths
+    often tie) get equal ranks. Unlike a z-score, a rank is bounded: one extreme value, such as a repetition
+    loop many times longer than any clean answer, counts no more than the longest clean answer.
+    """
+    ref = np.asarray(grid, dtype=np.float64)
+    x = values.to_numpy(dtype=np.float64)
+    below = np.searchsorted(ref, x, side="left") + np.searchsorted(ref, x, side="right")
+    ranks = np.where(np.isnan(x), np.nan, below / (2.0 * len(ref)))
+    return pd.Series(ranks, index=values.index, name=values.name)
+
+
+def rank_scores(values: pd.Series, grid: list[float]) -> pd.Series:
+    """Each value's percentile rank mapped to the standard normal quantile (a rank-based inverse normal transform).
+
+    The scores are spread like z-scores of normal data, which the selector's shapes train well on, but bounded
+    (at most about 3.3 for a grid of 1001 points) whatever the raw value. Plain percentiles (uniform on 0 to 1)
+    bound values too, but the attention selector then fitted subset means with per-example scores unrelated to
+    quality (tests/test_selector.py).
+    """
+    from scipy.stats import norm
+
+    u = percentile(values, grid)
+    half_step = 0.5 / len(grid)
+    return pd.Series(norm.ppf(u.clip(half_step, 1.0 - half_step)), index=values.index, name=values.name)

@@ -18,9 +18,12 @@ give an indicator a negative weight from a confound (which images a subset holds
 fit weighted CLIP negatively and picked 153 answers describing other images. The PCA features and the other
 shapes are not constrained; a negative weight found there is still free to be fitted.
 
-Per-example input: each usable indicator z-scored over the whole dataset (an unscored example gets 0, the
-average, after standardising) followed by the PCA features, also z-scored. The statistics are saved with
-the model so prediction uses exactly the training transform.
+Per-example input: each usable indicator as its rank-based normal score over the whole dataset (``normalise``
+"rank", the default: the normal quantile of its percentile rank) or as it is ("zscore"), then z-scored (an
+unscored example gets 0, the average), followed by the PCA features, also z-scored. Ranks bound what one extreme
+value can add: under z-scores a repetition loop many times longer than any clean answer sat far out on the length
+axis, and any positive length weight put it near the top. The statistics (percentile grids, means, standard
+deviations) are saved with the model so prediction uses exactly the trainingtransform.
 
 Attention context: a subset's members are split into groups of at most ``context`` examples (order from a
 seeded permutation) and attention runs within a group, which bounds memory at large subsets. Prediction
@@ -43,12 +46,13 @@ from torch import nn
 from tqdm import tqdm
 
 from vlselect.io import atomic_path, read_json, write_json, write_parquet
-from vlselect.indicators import read_indicators
+from vlselect.indicators import percentile_grid, rank_scores, read_indicators
 
 log = logging.getLogger(__name__)
 
 ARCHS = ("linear", "mlp", "attention")
 INPUTS = ("all", "indicators")
+NORMALISE = ("rank", "zscore")
 # (arch, inputs) from the fewest parameters to the most: the order in which the one-standard-error rule prefers them
 SIMPLEST_FIRST = tuple((a, s) for a in ARCHS for s in ("indicators", "all"))
 
@@ -168,9 +172,15 @@ def predict_members(model: Selector, x: np.ndarray, group_size: int, seed: int) 
 
 
 # ------------------------------------------------------------------------------------------------ features
-def _features(scores: list[str], pca: str, indicators: list[str] | None = None,
-              stats: dict | None = None) -> tuple[np.ndarray, list[str], list[str], list[str], dict]:
-    """(matrix, sample_ids, feature names, skipped indicators, stats); uses ``stats`` when given (prediction)."""
+def _features(scores: list[str], pca: str, indicators: list[str] | None = None, stats: dict | None = None,
+              normalise: str = "rank") -> tuple[np.ndarray, list[str], list[str], list[str], dict]:
+    """(matrix, sample_ids, feature names, skipped indicators, stats); uses ``stats`` when given (prediction).
+
+    With ``normalise`` "rank" each indicator first becomes its rank-based normal score (:func:`rank_scores`);
+    with "zscore" it enters as it is. Every column is then z-scored.
+    """
+    if normalise not in NORMALISE:
+        raise ValueError(f"unknown selector normalise {normalise!r}; choose one of {', '.join(NORMALISE)}")
     pca_df = pd.read_parquet(pca)
     ids = pca_df["sample_id"].astype(str).tolist()
     raw, skipped = read_indicators(list(scores), ids)
@@ -180,6 +190,12 @@ def _features(scores: list[str], pca: str, indicators: list[str] | None = None,
             raise ValueError(f"the selector was trained with indicator(s) {missing}, which have no usable score "
                              "here; pass the same score files as for training")
         raw = raw[indicators]
+    if stats is None:
+        grids = {n: percentile_grid(raw[n]) for n in raw.columns} if normalise == "rank" else None
+    else:
+        grids = stats.get("percentile_grids")  # models saved before ranks existed z-scored the raw values
+    if grids is not None:
+        raw = raw.apply(lambda col: rank_scores(col, grids[col.name]))
     pca_cols = [c for c in pca_df.columns if c != "sample_id"]
     table = pd.concat([raw.reset_index(drop=True), pca_df[pca_cols].reset_index(drop=True)], axis=1)
     names = list(table.columns)
@@ -187,7 +203,7 @@ def _features(scores: list[str], pca: str, indicators: list[str] | None = None,
     if stats is None:
         mean = np.nanmean(values, axis=0)
         std = np.nanstd(values, axis=0)
-        stats = {"mean": mean.tolist(), "std": np.where(std > 0, std, 1.0).tolist()}
+        stats = {"mean": mean.tolist(), "std": np.where(std > 0, std, 1.0).tolist(), "percentile_grids": grids}
     z = (values - np.asarray(stats["mean"])) / np.asarray(stats["std"])
     return np.nan_to_num(z, nan=0.0).astype(np.float32), ids, names, skipped, stats
 
@@ -212,12 +228,13 @@ def _subset_members(subsets: str, labels: str, ids: list[str]) -> tuple[list[np.
 def train_selector(*, scores: list[str], pca: str, subsets: str, labels: str, out_dir: str, arch: str = "mlp",
                    inputs: str = "all", epochs: int = 300, lr: float = 0.01, seed: int = 0, weight_decay: float = 1e-3,
                    hidden: int = 16, n_heads: int = 1, layers: int = 1, context: int = 128, n_folds: int = 5,
-                   monotone: bool = True) -> None:
+                   monotone: bool = True, normalise: str = "rank") -> None:
     """Cross-validate every selector shape and input set on the subset labels, then train the chosen one on all.
 
     ``arch`` is linear, mlp, attention, or auto; ``inputs`` is all (indicators + PCA features), indicators, or
     auto; an auto choice takes the simplest candidate within one standard error of the lowest cross-validated
-    MSE (:func:`choose_candidate`). ``monotone`` keeps the linear shape's indicator
+    MSE (:func:`choose_candidate`). ``normalise`` is how indicators enter (see the module docstring):
+    rank or zscore. ``monotone`` keeps the linear shape's indicator
     weights non-negative (see the module docstring). Writes out_dir/report.json (CV MSE per
     "arch/inputs" candidate and for a constant predictor, in standardised-label units), out_dir/model.safetensors
     and out_dir/model.json (arch, inputs, sizes, feature names, standardisation statistics).
@@ -226,7 +243,7 @@ def train_selector(*, scores: list[str], pca: str, subsets: str, labels: str, ou
         raise ValueError(f"unknown selector arch {arch!r}; choose one of {', '.join(ARCHS)} or auto")
     if inputs not in INPUTS + ("auto",):
         raise ValueError(f"unknown selector inputs {inputs!r}; choose one of {', '.join(INPUTS)} or auto")
-    x, ids, names, skipped, stats = _features(scores, pca)
+    x, ids, names, skipped, stats = _features(scores, pca, normalise=normalise)
     indicators = [n for n in names if not n.startswith(("img_pc", "txt_pc"))]
     members, y, sub_ids = _subset_members(subsets, labels, ids)
     if len(members) < 3:
@@ -282,7 +299,7 @@ def train_selector(*, scores: list[str], pca: str, subsets: str, labels: str, ou
               "n_folds": len(folds), "cv_units": "standardised label",
               "n_subsets": len(members), "subsets": sub_ids, "features": names, "skipped_indicators": skipped,
               "label_mean": y_mean, "label_std": y_std, "train_mse": float(np.mean((fitted - yz) ** 2)),
-              "monotone": monotone, "hyperparameters": hp}
+              "monotone": monotone, "normalise": normalise, "hyperparameters": hp}
     if chosen == "linear":  # in standardised units per input: what a pick owes to each indicator and feature
         used = names if chosen_inputs == "all" else indicators
         report["linear_weights"] = dict(zip(used, model.head.weight.detach()[0].tolist()))

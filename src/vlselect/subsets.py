@@ -100,20 +100,26 @@ def load_indicator_features(scores: list[str], ids: list[str]) -> np.ndarray:
     return raw.apply(zscore).fillna(0.0).to_numpy(dtype=np.float64)
 
 
-def make_subsets(*, features_dir: str, out: str, out_dropped: str, n_subsets: int = 30, seed: int = 0,
-                 space: str = "image", scores: list[str] | None = None) -> None:
+def make_subsets(*, out: str, out_dropped: str, features_dir: str | None = None, manifest: str | None = None,
+                 n_subsets: int = 30, seed: int = 0, space: str = "image", scores: list[str] | None = None) -> None:
     """Split the dataset into ``n_subsets`` equal-size k-means clusters of the image embeddings or indicators.
 
-    k-means++ (10 restarts, ``random_state=seed``) on the L2-normalised image embeddings (``space="image"``)
-    or on the z-scored indicators of the ``scores`` files (``space="indicators"``, see the module docstring),
-    then :func:`balance_clusters` makes every subset exactly floor(N / n_subsets) examples. Writes ``out``
-    (sample_id, subset) and ``out_dropped`` (sample_id, reason "balance_trim") for the N mod n_subsets
-    examples that fit no subset. Deterministic for a given seed.
+    k-means++ (10 restarts, ``random_state=seed``) on the L2-normalised image embeddings of ``features_dir``
+    (``space="image"``) or on the z-scored indicators of the ``scores`` files for the examples of ``manifest``
+    (``space="indicators"``, see the module docstring; the embeddings are not read, so re-embedding leaves
+    these subsets and their fine-tunes alone), then :func:`balance_clusters` makes every subset exactly
+    floor(N / n_subsets) examples. Writes ``out`` (sample_id, subset) and ``out_dropped`` (sample_id, reason
+    "balance_trim") for the N mod n_subsets examples that fit no subset. Deterministic for a given seed.
     """
     if space not in SPACES:
         raise ValueError(f"unknown labels.subset_space {space!r}; use one of {', '.join(SPACES)}")
-    x, ids = load_image_features(features_dir)
-    if space == "indicators":
+    needed = "features_dir" if space == "image" else "manifest"
+    if {"features_dir": features_dir, "manifest": manifest}[needed] is None:
+        raise ValueError(f"subsets in the {space} space need {needed}")
+    if space == "image":
+        x, ids = load_image_features(features_dir)
+    else:
+        ids = pd.read_parquet(manifest, columns=["sample_id"])["sample_id"].astype(str).tolist()
         x = load_indicator_features(list(scores or []), ids)
     n = len(ids)
     if n_subsets < 2 or n < n_subsets:

@@ -16,25 +16,26 @@ SUBSET_SPACE = config["labels"]["subset_space"]
 
 rule make_subsets:
     input:
-        image=f"{R}/features/image.npy",
-        ids=f"{R}/features/ids.parquet",
-        # subsets cut along the indicators wait for the scores; image subsets do not
+        # subsets cut along the indicators read the scores, never the embeddings; image subsets the reverse
+        image=f"{R}/features/image.npy" if SUBSET_SPACE == "image" else [],
+        ids=f"{R}/features/ids.parquet" if SUBSET_SPACE == "image" else [],
+        manifest=f"{R}/manifest.parquet" if SUBSET_SPACE == "indicators" else [],
         scores=SCORE_FILES if SUBSET_SPACE == "indicators" else [],
     output:
         subsets=f"{R}/labels/subsets.parquet",
         dropped=f"{R}/labels/subsets_dropped.parquet",
     params:
         p=as_json({"n_subsets": config["labels"]["n_subsets"], "seed": config["labels"]["seed"], "space": SUBSET_SPACE}),
-        features=f"{R}/features",
-        scores=lambda w, input: f"--scores {' '.join(input.scores)}" if input.scores else "",
+        source=(f"--features-dir {R}/features" if SUBSET_SPACE == "image"
+                else f"--manifest {R}/manifest.parquet --scores {' '.join(SCORE_FILES)}"),
     priority: LABEL_PRIORITY
     log:
         f"{R}/logs/make_subsets.log",
     benchmark:
         f"{R}/benchmarks/make_subsets.tsv"
     shell:
-        "vlselect make-subsets --features-dir {params.features} --out {output.subsets} --out-dropped {output.dropped} "
-        "{params.scores} --params {params.p:q} 2> {log}"
+        "vlselect make-subsets {params.source} --out {output.subsets} --out-dropped {output.dropped} "
+        "--params {params.p:q} 2> {log}"
 
 
 rule export_subset:

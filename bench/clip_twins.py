@@ -1,9 +1,9 @@
 """Which single wrong facts can the toy CLIP see? Held-out captions against their one-fact twins, by kind.
 
-For the corpus images the toy CLIP held out, each caption is paired with its twin from
-:func:`vlselect.toy.describe.swap_attribute` (one colour, shape, count or position made false, drawn as in
-training), and the share where the caption's CLIP score beats the twin's is printed per kind of edit. Chance is
-0.5. Pass several model folders to compare them on the same pairs:
+For the corpus images the toy CLIP held out, each caption is paired with its twins from
+:func:`vlselect.toy.describe.swap_attribute` (one colour, shape, count or position made false, one per kind, as
+drawn for training), and the share where the caption's CLIP score beats the twin's is printed per kind of edit.
+Chance is 0.5. Pass several model folders to compare them on the same pairs:
 
     PYTHONPATH=src python bench/clip_twins.py results/toy/models/clip [other/clip ...] [--corpus results/toy/corpus]
 """
@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from vlselect.models import load_clip
-from vlselect.toy.train_clip import MODEL_NAME, WEIGHTS_NAME, caption_twins, held_out_split, twin_wins
+from vlselect.toy.train_clip import MODEL_NAME, WEIGHTS_NAME, caption_twins, held_out_split, twin_accuracy_by_kind
 from vlselect.validate import load_rgb
 
 
@@ -30,20 +30,17 @@ def main() -> int:
     caps = pd.read_parquet(f"{args.corpus}/captions.parquet")
     # the same held-out images and twins as train_toy_clip draws for this seed
     twins = caption_twins(caps, args.seed)
-    held = [int(i) for i in held_out_split(len(caps), np.random.default_rng(args.seed))[0] if twins[i]]
-    kinds = pd.Series([twins[i][1] for i in held])
+    held = held_out_split(len(caps), np.random.default_rng(args.seed))[0]
+    counts = pd.Series([kind for i in held for _, kind in twins[i]]).value_counts()
     rows = {}
     for folder in args.models:
         model, preprocess, tokenizer = load_clip(model=MODEL_NAME, pretrained=f"{folder}/{WEIGHTS_NAME}",
                                                  model_config_dir=folder, device="cpu")
-        images = torch.stack([preprocess(load_rgb(f"{args.corpus}/{caps['image_path'][i]}")) for i in held])
-        wins = pd.Series(twin_wins(model, tokenizer, images, [caps["caption"][i] for i in held],
-                                   [twins[i][0] for i in held]))
-        rows[folder] = wins.groupby(kinds).mean().to_dict() | {"all": float(wins.mean())}
+        images = torch.stack([preprocess(load_rgb(f"{args.corpus}/{p}")) for p in caps["image_path"]])
+        rows[folder] = twin_accuracy_by_kind(model, tokenizer, images, caps["caption"].tolist(), twins, held)
     columns = ["colour", "count", "shape", "position", "all"]
-    counts = kinds.value_counts()
-    print("| model | " + " | ".join(f"{c} ({counts.get(c, len(held)) if c != 'all' else len(held)})" for c in columns)
-          + " |\n|--|" + "--:|" * len(columns))
+    print("| model | " + " | ".join(f"{c} ({counts.get(c, counts.sum()) if c != 'all' else counts.sum()})"
+                                   for c in columns) + " |\n|--|" + "--:|" * len(columns))
     for folder, shares in rows.items():
         print(f"| {folder} | " + " | ".join(f"{shares.get(c, float('nan')):.3f}" for c in columns) + " |")
     return 0

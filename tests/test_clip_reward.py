@@ -97,6 +97,9 @@ def test_training_writes_models_and_reduces_loss(trained):
     assert clip_metrics["loss_end"] < clip_metrics["loss_start"]
     assert 0.0 <= clip_metrics["retrieval_accuracy_at_1_of_10"] <= 1.0
     assert clip_metrics["hard_negatives"] and 0.0 <= clip_metrics["hard_negative_accuracy"] <= 1.0
+    by_kind = clip_metrics["hard_negative_accuracy_by_kind"]
+    assert by_kind and set(by_kind) <= {"colour", "count", "position", "shape"}
+    assert min(by_kind.values()) <= clip_metrics["hard_negative_accuracy"] <= max(by_kind.values())
     config = json.loads((root / "clip" / f"{MODEL_NAME}.json").read_text())
     assert config["vision_cfg"]["image_size"] == 64 and config["text_cfg"]["layers"] == 2
     reward_metrics = json.loads((root / "reward" / "metrics.json").read_text())
@@ -251,4 +254,5 @@ def test_toy_clip_trains_without_twins_when_captions_name_no_scene(tmp_path):
     train_toy_clip(corpus_dir=str(corpus), out_dir=str(tmp_path / "clip"), steps=3, batch_size=8, lr=1e-3, seed=0)
     metrics = json.loads((tmp_path / "clip" / "metrics.json").read_text())
     assert metrics["hard_negatives"] and metrics["hard_negative_accuracy"] is None
+    assert metrics["hard_negative_accuracy_by_kind"] == {}
     assert 0.0 <= metrics["retrieval_accuracy_at_1_of_10"] <= 1.0

@@ -315,6 +315,14 @@ def test_swap_attribute_makes_one_small_false_edit():
         kinds.add(kind)
     assert kinds == {"colour", "shape", "count", "position"}
     assert swap_attribute("There is a red circle.", [], rng) is None  # no scene, no known lie
+    # a twin of a chosen kind, or None when the text states no fact of that kind
+    objs = [{"shape": "circle", "colour": "red", "size": "large", "row": 0, "col": 0}]
+    text = "There is a large red circle in the top left corner."
+    for kind in ("colour", "shape", "position"):
+        assert swap_attribute(text, objs, rng, kinds=(kind,))[1] == kind
+    assert swap_attribute(text, objs, rng, kinds=("count",)) is None  # "one object" has no grammatical twin
+    with pytest.raises(ValueError, match="unknown twin kind"):
+        swap_attribute(text, objs, rng, kinds=("size",))
     assert swap_attribute("A nice picture.", objs, rng) is None  # no fact to falsify
 
 

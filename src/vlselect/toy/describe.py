@@ -175,14 +175,21 @@ def hallucinate(objects: Sequence[dict], rng: np.random.Generator, *,
     return describe(objects, rng, background=background), kind
 
 
-def swap_attribute(text: str, objects: Sequence[dict], rng: np.random.Generator) -> tuple[str, str] | None:
+TWIN_KINDS = ("colour", "count", "position", "shape")
+
+
+def swap_attribute(text: str, objects: Sequence[dict], rng: np.random.Generator,
+                   kinds: Sequence[str] = TWIN_KINDS) -> tuple[str, str] | None:
     """(``text`` with one stated fact made false by the smallest edit, kind of edit), or None when it states none.
 
     The fact is a colour or a shape of a named object (to a pair absent from the scene), the count, or a
-    position (to a free cell), each kind equally likely when the text offers it. The toy CLIP trains on such
-    twins as hard negatives: telling a caption from its twin takes the image, which is what it needs to see a
-    hallucinated answer, whose lie is as small.
+    position (to a free cell), each kind of ``kinds`` equally likely when the text offers it. The toy CLIP trains
+    on such twins as hard negatives: telling a caption from its twin takes the image, which is what it needs to
+    see a hallucinated answer, whose lie is as small.
     """
+    unknown = set(kinds) - set(TWIN_KINDS)
+    if unknown:
+        raise ValueError(f"unknown twin kind(s) {sorted(unknown)}; use {TWIN_KINDS}")
     if not objects:
         return None  # without the scene no edit is known to be false
     present = {(o["colour"], o["shape"]) for o in objects}
@@ -206,6 +213,7 @@ def swap_attribute(text: str, objects: Sequence[dict], rng: np.random.Generator)
     for m in _POSITION_RE.finditer(text):
         if free:
             edits.setdefault("position", []).append((m.start(), m.end(), free))
+    edits = {k: v for k, v in edits.items() if k in kinds}
     if not edits:
         return None
     kind = pick(rng, sorted(edits))

@@ -6,11 +6,16 @@ scoring code loads it exactly as it would load ViT-bigG-14. It is trained contra
 text side computed the way the CLIP score computes it (mean of L2-normalised sentence embeddings,
 see vlselect.scoring.clip), so that the score measures what training optimised.
 
-With ``hard_negatives`` each image also meets its caption's twin with one fact made false
-(:func:`vlselect.toy.describe.swap_attribute`), as in NegCLIP. Random captions differ from the right one in
-almost everything, so a model trained on them alone learns the scene's gist and barely notices a single wrong
-colour, which is the commonest flaw of the instruction data. Only the edited sentence is new to the text
-encoder (encode_answers encodes each distinct sentence once), so a step with twins takes about 15% longer.
+With ``hard_negatives`` each image also meets its caption's twins, one per kind of fact the caption states
+(colour, count, position, shape), each with that one fact made false (:func:`vlselect.toy.describe.swap_attribute`),
+as in NegCLIP. Random captions differ from the right one in almost everything, so a model trained on them alone
+learns the scene's gist and barely notices a single wrong colour, which is the commonest flaw of the instruction
+data. Only the edited sentence is new to the text encoder (encode_answers encodes each distinct sentence once).
+
+Positions are learnt only with fixed 2-D sine-cosine position embeddings (MAE's) and a twin of every kind in
+every batch: with learned position embeddings, or one twin of a random kind per caption, a position twin scored
+as high as its caption after any number of steps tried (BENCHMARKS.md). Fixed embeddings make neighbouring
+patches alike, so "top left" is one direction in the tokens rather than nine unrelated patch codes to discover.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from tqdm import tqdm
 from vlselect.io import atomic_path, write_json
 from vlselect.runtime import seed_everything
 from vlselect.scoring.clip import encode_answers, encode_images
-from vlselect.toy.describe import swap_attribute
+from vlselect.toy.describe import TWIN_KINDS, swap_attribute
 from vlselect.validate import load_rgb
 
 log = logging.getLogger(__name__)
@@ -48,7 +53,7 @@ def toy_clip_config(image_size: int = 64) -> dict:
         # no_ln_pre: the same layer layout as transformers' Blip2 vision tower, so the toy VLM can see through
         # this ViT once it is trained (vlselect.toy.train_vlm.clip_vision_tower), as MiniGPT-4 sees through EVA-CLIP
         "vision_cfg": {"image_size": image_size, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8,
-                       "no_ln_pre": True},
+                       "no_ln_pre": True, "pos_embed_type": "sin_cos_2d"},
         # Sentences of the toy captions are short; 32 tokens hold them with room to spare and cost far less than 77.
         "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
     }
@@ -59,8 +64,8 @@ def train_toy_clip(*, corpus_dir: str, out_dir: str, steps: int, batch_size: int
     """Train the toy CLIP on corpus/captions.parquet; writes its config JSON, weights and metrics.json to ``out_dir``.
 
     metrics.json holds the held-out retrieval accuracy (right caption among 10 for images never trained on),
-    the held-out hard-negative accuracy (the caption scores above its twin with one fact made false), the
-    loss at the start and end of training, and the training time.
+    the held-out hard-negative accuracy (the caption scores above its twin with one fact made false), also by
+    kind of fact, the loss at the start and end of training, and the training time.
     """
     import open_clip
     from safetensors.torch import save_model
@@ -83,7 +88,8 @@ def train_toy_clip(*, corpus_dir: str, out_dir: str, steps: int, batch_size: int
     images = torch.stack([preprocess(load_rgb(str(corpus / p))).half() for p in
                           tqdm(captions["image_path"], desc="decode corpus", file=sys.stderr)])
     texts = captions["caption"].tolist()
-    twins = [None if t is None else t[0] for t in caption_twins(captions, seed)]
+    twin_pairs = caption_twins(captions, seed)
+    twins = [[twin for twin, _ in pairs] for pairs in twin_pairs]
     rng = np.random.default_rng(seed)
     held, train = held_out_split(len(captions), rng)
 
@@ -99,7 +105,7 @@ def train_toy_clip(*, corpus_dir: str, out_dir: str, steps: int, batch_size: int
     for step in tqdm(range(steps), desc="train toy clip", file=sys.stderr):
         idx = rng.choice(train, size=min(batch_size, len(train)), replace=False)
         img = encode_images(model, images[idx].float(), device)
-        negatives = [twins[i] for i in idx if twins[i] is not None] if hard_negatives else []
+        negatives = [twin for i in idx for twin in twins[i]] if hard_negatives else []
         txt, _ = encode_answers(model, tokenizer, [texts[i] for i in idx] + negatives, device)
         txt = torch.nn.functional.normalize(txt, dim=-1)
         # images choose among every caption and twin of the batch; captions choose among the images only
@@ -118,8 +124,7 @@ def train_toy_clip(*, corpus_dir: str, out_dir: str, steps: int, batch_size: int
     model.eval()
 
     accuracy = _retrieval_accuracy(model, tokenizer, images[held].float(), [texts[i] for i in held], rng)
-    twin_accuracy = _twin_accuracy(model, tokenizer, images[held].float(), [texts[i] for i in held],
-                                   [twins[i] for i in held])
+    twin_accuracy = twin_accuracy_by_kind(model, tokenizer, images, texts, twin_pairs, held)
     with atomic_path(out / WEIGHTS_NAME, ".safetensors") as tmp:
         save_model(model, str(tmp))
     window = max(1, min(20, steps // 5))
@@ -128,14 +133,16 @@ def train_toy_clip(*, corpus_dir: str, out_dir: str, steps: int, batch_size: int
         "hard_negatives": hard_negatives,
         "n_train": int(len(train)), "n_held_out": int(len(held)),
         "loss_start": float(np.mean(losses[:window])), "loss_end": float(np.mean(losses[-window:])),
-        "retrieval_accuracy_at_1_of_10": accuracy, "hard_negative_accuracy": twin_accuracy,
+        "retrieval_accuracy_at_1_of_10": accuracy, "hard_negative_accuracy": twin_accuracy.pop("all", None),
+        "hard_negative_accuracy_by_kind": twin_accuracy,
         "train_seconds": round(train_seconds, 1),
     }
     write_json(metrics, out / "metrics.json")
     log.info("toy CLIP: held-out retrieval accuracy %.3f (right caption among %d), caption above its one-fact twin "
-             "%s, loss %.3f -> %.3f, %.0f s", accuracy, N_CANDIDATES,
-             "n/a (no twins)" if twin_accuracy is None else f"{twin_accuracy:.3f}", metrics["loss_start"],
-             metrics["loss_end"], train_seconds)
+             "%s (by kind %s), loss %.3f -> %.3f, %.0f s", accuracy, N_CANDIDATES,
+             "n/a (no twins)" if metrics["hard_negative_accuracy"] is None else f"{metrics['hard_negative_accuracy']:.3f}",
+             {k: round(v, 3) for k, v in twin_accuracy.items()}, metrics["loss_start"], metrics["loss_end"],
+             train_seconds)
 
 
 def _retrieval_accuracy(model, tokenizer, images: torch.Tensor, texts: list[str], rng) -> float:
@@ -153,13 +160,18 @@ def _retrieval_accuracy(model, tokenizer, images: torch.Tensor, texts: list[str]
     return hits / len(texts)
 
 
-def caption_twins(captions: pd.DataFrame, seed: int) -> list[tuple[str, str] | None]:
-    """Each caption's (twin, kind of edit) from :func:`swap_attribute` (None where none can be made).
+def caption_twins(captions: pd.DataFrame, seed: int) -> list[list[tuple[str, str]]]:
+    """Each caption's twins as (twin, kind of edit): one per kind of fact it states (:func:`swap_attribute`).
 
     The twins have their own random stream, so switching them off leaves the training batches as they were.
     """
     rng = np.random.default_rng([seed, 1])
-    return [swap_attribute(t, json.loads(o), rng) for t, o in zip(captions["caption"], captions["objects"])]
+    out = []
+    for text, objects in zip(captions["caption"], captions["objects"]):
+        objects = json.loads(objects)
+        made = (swap_attribute(text, objects, rng, kinds=(kind,)) for kind in TWIN_KINDS)
+        out.append([twin for twin in made if twin is not None])
+    return out
 
 
 def held_out_split(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -181,10 +193,16 @@ def twin_wins(model, tokenizer, images: torch.Tensor, texts: list[str], twins: l
     return ((img * right).sum(-1) > (img * wrong).sum(-1)).numpy()
 
 
-def _twin_accuracy(model, tokenizer, images: torch.Tensor, texts: list[str], twins: list[str | None]) -> float | None:
-    """Share of held-out images whose caption beats its twin (:func:`twin_wins`); None without twins."""
-    rows = [i for i, t in enumerate(twins) if t is not None]
-    if not rows:
-        return None
-    wins = twin_wins(model, tokenizer, images[torch.tensor(rows)], [texts[i] for i in rows], [twins[i] for i in rows])
-    return float(wins.astype(np.float64).mean())
+def twin_accuracy_by_kind(model, tokenizer, images: torch.Tensor, texts: list[str],
+                          twins: list[list[tuple[str, str]]], rows) -> dict[str, float]:
+    """Share of (image, twin) pairs of ``rows`` where the caption beats the twin (:func:`twin_wins`), per kind
+    of edit and over all ("all"); empty when those captions have no twins."""
+    pairs = [(i, twin, kind) for i in rows for twin, kind in twins[i]]
+    if not pairs:
+        return {}
+    rows_of = torch.tensor([i for i, _, _ in pairs])
+    wins = twin_wins(model, tokenizer, images[rows_of].float(), [texts[i] for i, _, _ in pairs],
+                     [twin for _, twin, _ in pairs])
+    kinds = pd.Series([kind for _, _, kind in pairs])
+    return {k: float(v) for k, v in pd.Series(wins.astype(np.float64)).groupby(kinds).mean().items()} | {
+        "all": float(wins.mean())}

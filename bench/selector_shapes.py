@@ -7,11 +7,13 @@ error and what the picks are, against the toy world's hidden truth: the unflawed
 carry each flaw. The workflow runs only the shape cross-validation chooses; this shows the others too.
 
     PYTHONPATH=src python bench/selector_shapes.py [--results results] [--n-select 200] [--quota-m 209]
+        [--normalise rank zscore]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import tempfile
 from pathlib import Path
@@ -31,6 +33,8 @@ def main() -> int:
     parser.add_argument("--results", default="results")
     parser.add_argument("--n-select", type=int, default=200)
     parser.add_argument("--quota-m", type=int, default=209)
+    parser.add_argument("--normalise", nargs="+", default=["rank"], choices=["rank", "zscore"],
+                        help="how indicators enter the selector (selection.selector.normalise); each is shown")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     r = Path(args.results)
@@ -41,24 +45,25 @@ def main() -> int:
     clusters = pd.read_parquet(r / "selection" / "clusters.parquet")
     print(f"| selector | CV MSE (constant) | unflawed share | {' | '.join(FLAWS)} |\n|--|--:|--:|"
           + "--:|" * len(FLAWS))
-    for arch in ("linear", "mlp"):
-        for inputs in ("indicators", "all"):
-            with tempfile.TemporaryDirectory() as tmp:
-                train_selector(scores=scores, pca=pca, subsets=str(r / "labels" / "subsets.parquet"),
-                               labels=str(r / "labels" / "labels.parquet"), out_dir=tmp, arch=arch, inputs=inputs)
-                predict(model_dir=tmp, scores=scores, pca=pca, out=f"{tmp}/quality.parquet")
-                report = read_json(Path(tmp) / "report.json")
-                q = pd.read_parquet(f"{tmp}/quality.parquet").merge(clusters, on="sample_id")
-            picked = q["sample_id"].to_numpy()[diverse_top(q["quality"].to_numpy(), q["sample_id"].to_numpy(),
-                                                           q["cluster"].to_numpy(), args.n_select, args.quota_m)]
-            t = truth.loc[picked]
-            counts = [int(t["flaws"].str.contains(f).sum()) for f in FLAWS]
-            cv = report["cv"]
-            weights = report.get("linear_weights")
-            shown = "" if weights is None else " (weights " + ", ".join(
-                f"{k} {v:.2f}" for k, v in weights.items() if not k.startswith(("img_pc", "txt_pc"))) + ")"
-            print(f"| {arch}/{inputs}{shown} | {cv[f'{arch}/{inputs}']['mse']:.3f} ({cv['constant']['mse']:.3f}) | "
-                  f"{t['clean'].mean():.3f} | " + " | ".join(map(str, counts)) + " |", flush=True)
+    for normalise, arch, inputs in itertools.product(args.normalise, ("linear", "mlp"), ("indicators", "all")):
+        with tempfile.TemporaryDirectory() as tmp:
+            train_selector(scores=scores, pca=pca, subsets=str(r / "labels" / "subsets.parquet"),
+                           labels=str(r / "labels" / "labels.parquet"), out_dir=tmp, arch=arch, inputs=inputs,
+                           normalise=normalise)
+            predict(model_dir=tmp, scores=scores, pca=pca, out=f"{tmp}/quality.parquet")
+            report = read_json(Path(tmp) / "report.json")
+            q = pd.read_parquet(f"{tmp}/quality.parquet").merge(clusters, on="sample_id")
+        picked = q["sample_id"].to_numpy()[diverse_top(q["quality"].to_numpy(), q["sample_id"].to_numpy(),
+                                                       q["cluster"].to_numpy(), args.n_select, args.quota_m)]
+        t = truth.loc[picked]
+        counts = [int(t["flaws"].str.contains(f).sum()) for f in FLAWS]
+        cv = report["cv"]
+        weights = report.get("linear_weights")
+        shown = "" if weights is None else " (weights " + ", ".join(
+            f"{k} {v:.2f}" for k, v in weights.items() if not k.startswith(("img_pc", "txt_pc"))) + ")"
+        print(f"| {arch}/{inputs}, {normalise}{shown} | {cv[f'{arch}/{inputs}']['mse']:.3f} "
+              f"({cv['constant']['mse']:.3f}) | {t['clean'].mean():.3f} | " + " | ".join(map(str, counts)) + " |",
+              flush=True)
     return 0
 
 

@@ -36,8 +36,10 @@ def main() -> int:
     for folder in args.models:
         model, preprocess, tokenizer = load_clip(model=MODEL_NAME, pretrained=f"{folder}/{WEIGHTS_NAME}",
                                                  model_config_dir=folder, device="cpu")
-        images = torch.stack([preprocess(load_rgb(f"{args.corpus}/{p}")) for p in caps["image_path"]])
-        rows[folder] = twin_accuracy_by_kind(model, tokenizer, images, caps["caption"].tolist(), twins, held)
+        # only the held-out images are decoded; the twin accuracy indexes them 0..len(held)-1
+        images = torch.stack([preprocess(load_rgb(f"{args.corpus}/{caps['image_path'][i]}")) for i in held])
+        rows[folder] = twin_accuracy_by_kind(model, tokenizer, images, [caps["caption"][i] for i in held],
+                                             [twins[i] for i in held], range(len(held)))
     columns = ["colour", "count", "shape", "position", "all"]
     print("| model | " + " | ".join(f"{c} ({counts.get(c, counts.sum()) if c != 'all' else counts.sum()})"
                                    for c in columns) + " |\n|--|" + "--:|" * len(columns))

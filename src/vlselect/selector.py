@@ -23,7 +23,7 @@ Per-example input: each usable indicator as its rank-based normal score over the
 unscored example gets 0, the average), followed by the PCA features, also z-scored. Ranks bound what one extreme
 value can add: under z-scores a repetition loop many times longer than any clean answer sat far out on the length
 axis, and any positive length weight put it near the top. The statistics (percentile grids, means, standard
-deviations) are saved with the model so prediction uses exactly the trainingtransform.
+deviations) are saved with the model so prediction uses exactly the training transform.
 
 Attention context: a subset's members are split into groups of at most ``context`` examples (order from a
 seeded permutation) and attention runs within a group, which bounds memory at large subsets. Prediction

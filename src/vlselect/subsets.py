@@ -113,12 +113,13 @@ def make_subsets(*, out: str, out_dropped: str, features_dir: str | None = None,
     """
     if space not in SPACES:
         raise ValueError(f"unknown labels.subset_space {space!r}; use one of {', '.join(SPACES)}")
-    needed = "features_dir" if space == "image" else "manifest"
-    if {"features_dir": features_dir, "manifest": manifest}[needed] is None:
-        raise ValueError(f"subsets in the {space} space need {needed}")
     if space == "image":
+        if features_dir is None:
+            raise ValueError("subsets in the image space need features_dir")
         x, ids = load_image_features(features_dir)
     else:
+        if manifest is None:
+            raise ValueError("subsets in the indicators space need manifest")
         ids = pd.read_parquet(manifest, columns=["sample_id"])["sample_id"].astype(str).tolist()
         x = load_indicator_features(list(scores or []), ids)
     n = len(ids)

@@ -289,6 +289,20 @@ def test_attribute_f1_rewards_correct_and_punishes_wrong_facts():
     assert attribute_f1("There are two objects: a green circle and a blue square.", objs) == pytest.approx(2 / 3)
     assert attribute_f1("A red circle.", objs) == pytest.approx(0.5)
     assert attribute_f1("This is a beautiful image.", objs) == 0.0
+    # a loop states no new fact but costs precision: 2 distinct sentences of 4 halve it (F1 2/3 from 1)
+    loop = "There are two objects. A red circle and a blue square. A red circle and a blue square. a RED circle and a blue  square!"
+    assert attribute_f1(loop, objs) == pytest.approx(2 * 0.5 / 1.5)
+
+
+def test_attribute_f1_punishes_the_datasets_repetition_loops(world):
+    ann = json.loads((world / "dataset" / "filter_cap.json").read_text())["annotations"]
+    truth = pd.read_parquet(world / "truth.parquet")
+    looped = truth["flaws"] == "repetition"
+    assert looped.sum() > 5
+    for a, objs in zip(np.array(ann)[looped.to_numpy()], truth.loc[looped, "objects"]):
+        text, objs = a["caption"], json.loads(objs)
+        unlooped = " ".join(dict.fromkeys(split_sentences(text)))  # every sentence once, in order
+        assert attribute_f1(text, objs) < attribute_f1(unlooped, objs), text
 
 
 def test_swap_attribute_makes_one_small_false_edit():

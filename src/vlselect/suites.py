@@ -14,7 +14,8 @@ Metrics (each returns 1.0 or 0.0, except caption_f1 in [0, 1]):
   contained, on word boundaries, in the normalised prediction; any of the item's accepted answers counts;
 * ``mc``: the option letter ("A", "(B)", "B.") at the start of the prediction, or else exactly the right option's
   text contained in the prediction;
-* ``caption_f1``: attribute F1 of the prediction against the item's objects (``vlselect.toy.world.attribute_f1``).
+* ``caption_f1``: attribute F1 of the prediction against the item's objects, repeated sentences costing precision
+  (``vlselect.toy.world.attribute_f1``).
 """
 
 from __future__ import annotations

@@ -294,15 +294,24 @@ def scene_facts(objects: Sequence[dict]) -> set[tuple]:
     return {("object", o["colour"], o["shape"]) for o in objects} | {("count", len(objects))}
 
 
+def _distinct_share(text: str) -> float:
+    """Share of a text's sentences (split at . ! ?, case and spacing ignored) that no earlier sentence repeats."""
+    said = [" ".join(s.split()) for s in re.split(r"[.!?]", text.lower()) if s.strip()]
+    return len(set(said)) / len(said) if said else 1.0
+
+
 def attribute_f1(text: str, objects: Sequence[dict]) -> float:
     """F1 between the facts ``text`` states and the scene's facts: 1.0 for a complete correct description.
 
-    Precision punishes wrong colours, shapes and counts (hallucinations); recall punishes omissions
-    (truncated or content-free answers). A text stating no fact scores 0.
+    Precision punishes wrong colours, shapes and counts (hallucinations) and repeated sentences: a sentence said
+    again states nothing new, so precision is scaled by the share of distinct sentences (as n-gram caption metrics
+    clip repeated n-grams). Without that, a decoder stuck in a loop over true sentences scored as well as a clean
+    description, and subset labels could not see that loops in the training data teach a model to loop.
+    Recall punishes omissions (truncated or content-free answers). A text stating no fact scores 0.
     """
     said, real = parse_attributes(text), scene_facts(objects)
     hit = len(said & real)
     if hit == 0:
         return 0.0
-    precision, recall = hit / len(said), hit / len(real)
+    precision, recall = hit / len(said) * _distinct_share(text), hit / len(real)
     return 2 * precision * recall / (precision + recall)

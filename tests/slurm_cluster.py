@@ -132,6 +132,7 @@ class LocalSlurm:
             while time.monotonic() < deadline and any(
                     j["state"] in ("RUNNING", "COMPLETING", "PENDING") for j in self._jobs_or_empty()):
                 time.sleep(0.5)
+        self._kill_escaped_job_processes()
         for name in reversed(list(self.procs)):
             proc = self.procs[name]
             if proc.poll() is None:
@@ -146,6 +147,21 @@ class LocalSlurm:
         for f in self._logs:
             f.close()
         self._logs.clear()
+
+    def _kill_escaped_job_processes(self):
+        """SIGKILL job processes that outlived their job. proctrack/linuxproc (the only tracker that needs no
+        cgroup set-up) finds a job's processes by parentage, so a process orphaned when scancel killed its parent
+        escapes it and would live on after the test. Every job process carries this cluster's SLURM_CONF."""
+        marker = f"SLURM_CONF={self.conf_path}".encode()
+        daemons = {p.pid for p in self.procs.values()}
+        for proc_dir in Path("/proc").iterdir():
+            if not proc_dir.name.isdigit() or int(proc_dir.name) in daemons | {os.getpid()}:
+                continue
+            try:
+                if marker in (proc_dir / "environ").read_bytes().split(b"\0"):
+                    os.kill(int(proc_dir.name), signal.SIGKILL)
+            except (FileNotFoundError, ProcessLookupError, PermissionError):
+                pass  # gone meanwhile, or not ours to read
 
     def log_tail(self, n_lines=40):
         """The end of each daemon's log, for assertion messages."""

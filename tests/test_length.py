@@ -56,3 +56,20 @@ def test_errors(manifest, tmp_path):
     with pytest.raises(ValueError, match="chars"):
         score_length(manifest=manifest, out=str(tmp_path / "l.parquet"), unit="words")
     assert not (tmp_path / "l.parquet").exists()
+
+
+def test_repeats_once_counts_each_distinct_sentence_once(tmp_path):
+    clean = "A red circle sits at the top. A blue square is below it."
+    looped = clean + " A blue square is below it." * 4 + " a BLUE square is below  it!"
+    df = pd.DataFrame({"sample_id": ["clean", "looped"], "image_path": "/nonexistent.png", "image_sha256": "0",
+                       "instruction": "Describe.", "answer": [clean, looped], "source": "t"})
+    write_parquet(df, tmp_path / "m.parquet")
+    for repeats in ("count", "once"):
+        score_length(manifest=str(tmp_path / "m.parquet"), out=str(tmp_path / f"{repeats}.parquet"), max_len=100,
+                     repeats=repeats)
+    count, once = (pd.read_parquet(tmp_path / f"{r}.parquet")["score"].tolist() for r in ("count", "once"))
+    assert count == [10 * len(clean) / 100, 10 * len(looped) / 100]
+    assert once == [10 * len(clean) / 100] * 2  # the loop says what the clean answer says, no more
+    assert read_parquet_metadata(tmp_path / "once.parquet")["repeats"] == "once"
+    with pytest.raises(ValueError, match="repeats"):
+        score_length(manifest=str(tmp_path / "m.parquet"), out=str(tmp_path / "x.parquet"), repeats="drop")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import sys
 
 import numpy as np
@@ -28,19 +27,17 @@ from vlselect.io import write_parquet
 from vlselect.models import clip_checksum, load_clip
 from vlselect.runtime import pick_device
 from vlselect.shards import shard_rows
+from vlselect.text import split_sentences as text_sentences
 from vlselect.validate import load_rgb
 
 log = logging.getLogger(__name__)
 
 MAX_SENTENCES = 10
-# A sentence ends at ., ! or ? followed by white space (or the end of the text).
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
 def split_sentences(text: str, max_sentences: int = MAX_SENTENCES) -> list[str]:
-    """The answer's first ``max_sentences`` non-empty sentences."""
-    parts = (p.strip() for p in _SENTENCE_END.split(text.strip()))
-    return [p for p in parts if p][:max_sentences]
+    """The answer's first ``max_sentences`` non-empty sentences (:func:`vlselect.text.split_sentences`)."""
+    return text_sentences(text)[:max_sentences]
 
 
 def autocast(device: torch.device):

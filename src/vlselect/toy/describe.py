@@ -13,6 +13,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from vlselect.text import distinct_sentence_share, split_sentences
+
 SHAPES = ("circle", "square", "triangle", "star", "diamond")
 COLOURS = ("red", "green", "blue", "yellow", "purple", "orange")
 SIZES = ("small", "large")
@@ -268,10 +270,6 @@ def apply_text_flaw(flaw: str, text_sentences: list[str], rng: np.random.Generat
     raise ValueError(f"{flaw!r} is not a text-visible flaw; use one of {TEXT_FLAWS}")
 
 
-def split_sentences(text: str) -> list[str]:
-    return [s for s in re.split(r"(?<=[.!?])\s+", text.strip()) if s]
-
-
 # ---- attribute F1 --------------------------------------------------------------------------------------------
 
 _PAIR_RE = re.compile(r"\b(" + "|".join(COLOURS) + r")\s+(" + "|".join(SHAPES) + r")s?\b")
@@ -294,12 +292,6 @@ def scene_facts(objects: Sequence[dict]) -> set[tuple]:
     return {("object", o["colour"], o["shape"]) for o in objects} | {("count", len(objects))}
 
 
-def _distinct_share(text: str) -> float:
-    """Share of a text's sentences (split at . ! ?, case and spacing ignored) that no earlier sentence repeats."""
-    said = [" ".join(s.split()) for s in re.split(r"[.!?]", text.lower()) if s.strip()]
-    return len(set(said)) / len(said) if said else 1.0
-
-
 def attribute_f1(text: str, objects: Sequence[dict]) -> float:
     """F1 between the facts ``text`` states and the scene's facts: 1.0 for a complete correct description.
 
@@ -313,5 +305,5 @@ def attribute_f1(text: str, objects: Sequence[dict]) -> float:
     hit = len(said & real)
     if hit == 0:
         return 0.0
-    precision, recall = hit / len(said) * _distinct_share(text), hit / len(real)
+    precision, recall = hit / len(said) * distinct_sentence_share(text), hit / len(real)
     return 2 * precision * recall / (precision + recall)

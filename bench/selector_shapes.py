@@ -7,7 +7,7 @@ error and what the picks are, against the toy world's hidden truth: the unflawed
 carry each flaw. The workflow runs only the shape cross-validation chooses; this shows the others too.
 
     PYTHONPATH=src python bench/selector_shapes.py [--results results] [--n-select 200] [--quota-m 209]
-        [--normalise rank zscore]
+        [--normalise rank zscore] [--labels other_labels.parquet]
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ def main() -> int:
     parser.add_argument("--results", default="results")
     parser.add_argument("--n-select", type=int, default=200)
     parser.add_argument("--quota-m", type=int, default=209)
+    parser.add_argument("--labels", help="a label table other than the run's (e.g. from bench/rescore_labels.py)")
     parser.add_argument("--normalise", nargs="+", default=["rank"], choices=["rank", "zscore"],
                         help="how indicators enter the selector (selection.selector.normalise); each is shown")
     args = parser.parse_args()
@@ -48,8 +49,8 @@ def main() -> int:
     for normalise, arch, inputs in itertools.product(args.normalise, ("linear", "mlp"), ("indicators", "all")):
         with tempfile.TemporaryDirectory() as tmp:
             train_selector(scores=scores, pca=pca, subsets=str(r / "labels" / "subsets.parquet"),
-                           labels=str(r / "labels" / "labels.parquet"), out_dir=tmp, arch=arch, inputs=inputs,
-                           normalise=normalise)
+                           labels=args.labels or str(r / "labels" / "labels.parquet"), out_dir=tmp, arch=arch,
+                           inputs=inputs, normalise=normalise)
             predict(model_dir=tmp, scores=scores, pca=pca, out=f"{tmp}/quality.parquet")
             report = read_json(Path(tmp) / "report.json")
             q = pd.read_parquet(f"{tmp}/quality.parquet").merge(clusters, on="sample_id")

@@ -18,6 +18,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
+from vlselect.toy.describe import FLAWS as FLAW_KINDS
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -43,6 +45,13 @@ def main() -> int:
     print(f"- labels {per['label'].min():.3f} to {per['label'].max():.3f} (sd {per['label'].std():.3f}); "
           f"Spearman(label, true flaw rate) = {rho:.3f} (p = {p:.3g})")
 
+    print("\nSpearman of each label with the share of each flaw in its subset (negative: the labels punish it):\n")
+    print("| flaw | " + " | ".join(FLAW_KINDS) + " |\n|--|" + "--:|" * len(FLAW_KINDS))
+    shares = subsets.groupby("subset")["flaws"]
+    row = [spearmanr(shares.apply(lambda f, k=k: f.str.contains(k).mean()).loc[per.index], per["label"])[0]
+           for k in FLAW_KINDS]
+    print("| Spearman | " + " | ".join(f"{v:+.2f}" for v in row) + " |")
+
     report = json.loads((r / "selector" / "report.json").read_text())
     cv = {k: round(v["mse"], 3) for k, v in report["cv"].items()}
     print(f"- selector: chosen {report['arch']}/{report.get('inputs', 'all')}; leave-subsets-out CV MSE {cv}")
@@ -64,19 +73,28 @@ def main() -> int:
 
 
 def _indicator_ceiling(r: Path, truth: pd.DataFrame, n: int = 200) -> str:
-    """The best unflawed share among the top ``n`` of z(clip) + w z(reward) over a grid of w, with no cluster quotas:
-    what any weighting of the two scoring models could reach, whatever the labels."""
+    """The best unflawed share among the top ``n`` of z(clip) + w z(reward) over a grid of w: what any weighting of
+    the two scoring models could reach, whatever the labels; without cluster quotas, then with the run's quotas
+    (selection.quota_m read back from the selector's picks) as the diversity methods pick."""
     from vlselect.indicators import read_indicators
+    from vlselect.io import read_parquet_metadata
+    from vlselect.selection import diverse_top
 
     ids = truth["sample_id"].tolist()
     raw, _ = read_indicators([str(r / "scores" / f"{k}.parquet") for k in ("clip", "reward")], ids)
     z = (raw - raw.mean()) / raw.std()
     clean = truth["clean"].to_numpy()
-    shares = {w: clean[np.argsort(-(z["clip"] + w * z["reward"]).fillna(-np.inf).to_numpy(), kind="stable")[:n]].mean()
-              for w in (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 1e6)}
-    best = max(shares, key=shares.get)
-    return (f"top {n} by z(clip) + w z(reward): best w {best:g} gives {shares[best]:.3f} unflawed "
-            f"(w 0: {shares[0.0]:.3f}, reward alone: {shares[1e6]:.3f})")
+    cluster = pd.read_parquet(r / "selection" / "clusters.parquet").set_index("sample_id")["cluster"].reindex(ids)
+    quota_m = read_parquet_metadata(str(r / "selection" / "selector" / "selected.parquet"))["quota_m"]
+    grid = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 1e6)
+    scores = {w: (z["clip"] + w * z["reward"]).fillna(-np.inf).to_numpy() for w in grid}
+    plain = {w: clean[np.argsort(-s, kind="stable")[:n]].mean() for w, s in scores.items()}
+    quotas = {w: clean[diverse_top(s, np.asarray(ids, dtype=str), cluster.to_numpy(), n, quota_m)].mean()
+              for w, s in scores.items()}
+    best, best_q = max(plain, key=plain.get), max(quotas, key=quotas.get)
+    return (f"top {n} by z(clip) + w z(reward): best w {best:g} gives {plain[best]:.3f} unflawed "
+            f"(w 0: {plain[0.0]:.3f}, reward alone: {plain[1e6]:.3f}); with the cluster quotas best w {best_q:g} "
+            f"gives {quotas[best_q]:.3f}")
 
 
 if __name__ == "__main__":

@@ -59,7 +59,8 @@ if TOY:
             f"{R}/logs/train_toy_reward.log",
         benchmark:
             f"{R}/benchmarks/train_toy_reward.tsv"
-        threads: 2
+        # one thread, so it trains beside the one-thread CLIP instead of waiting for a second free core
+        threads: 1
         resources:
             mem_mb=4000,
             runtime=30,

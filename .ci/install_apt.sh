@@ -19,4 +19,4 @@ export DEBIAN_FRONTEND=noninteractive
 # (the recommends pull in slurmdbd/mysql docs we do not use).
 apt-get update
 apt-get install -y --no-install-recommends slurm-wlm munge
-echo "install_apt: installed $(dpkg-query -W -f="${Package} ${Version} " slurm-wlm munge)"
+echo "install_apt: installed $(dpkg-query -W -f='${Package} ${Version} ' slurm-wlm munge)"

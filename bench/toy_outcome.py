@@ -89,12 +89,13 @@ def _indicator_ceiling(r: Path, truth: pd.DataFrame, n: int = 200) -> str:
     grid = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 1e6)
     scores = {w: (z["clip"] + w * z["reward"]).fillna(-np.inf).to_numpy() for w in grid}
     plain = {w: clean[np.argsort(-s, kind="stable")[:n]].mean() for w, s in scores.items()}
-    quotas = {w: clean[diverse_top(s, np.asarray(ids, dtype=str), cluster.to_numpy(), n, quota_m)].mean()
-              for w, s in scores.items()}
+    picks = {w: diverse_top(s, np.asarray(ids, dtype=str), cluster.to_numpy(), n, quota_m) for w, s in scores.items()}
+    quotas = {w: clean[p].mean() for w, p in picks.items()}
     best, best_q = max(plain, key=plain.get), max(quotas, key=quotas.get)
+    left = truth.iloc[picks[best_q]].query("not clean")["flaws"].value_counts()
     return (f"top {n} by z(clip) + w z(reward): best w {best:g} gives {plain[best]:.3f} unflawed "
             f"(w 0: {plain[0.0]:.3f}, reward alone: {plain[1e6]:.3f}); with the cluster quotas best w {best_q:g} "
-            f"gives {quotas[best_q]:.3f}")
+            f"gives {quotas[best_q]:.3f}, its flawed picks {left.to_dict()}")
 
 
 if __name__ == "__main__":

@@ -102,6 +102,7 @@ def test_training_writes_models_and_reduces_loss(trained):
     assert min(by_kind.values()) <= clip_metrics["hard_negative_accuracy"] <= max(by_kind.values())
     config = json.loads((root / "clip" / f"{MODEL_NAME}.json").read_text())
     assert config["vision_cfg"]["image_size"] == 64 and config["text_cfg"]["layers"] == 2
+    assert clip_metrics["tower"] == "resnet" and isinstance(config["vision_cfg"]["layers"], list)
     reward_metrics = json.loads((root / "reward" / "metrics.json").read_text())
     assert reward_metrics["loss_end"] < reward_metrics["loss_start"]
     assert (root / "reward" / "model.safetensors").is_file()
@@ -119,6 +120,22 @@ def test_load_clip_restores_the_saved_weights(trained):
     assert set(saved) == set(state)
     assert all(torch.equal(saved[k], state[k]) for k in saved)
     assert not model.training and tokenizer(["a red circle"]).shape == (1, 32)
+    assert type(model.visual).__name__ == "ModifiedResNet"  # the scoring CLIP's tower, open_clip's RN50 layout
+
+
+def test_toy_clip_with_a_vit_tower_feeds_the_vlm(tmp_path):
+    from vlselect.toy.train_vlm import clip_vision_tower
+
+    corpus = tmp_path / "corpus"
+    make_corpus(corpus, 24)
+    train_toy_clip(corpus_dir=str(corpus), out_dir=str(tmp_path / "vision"), steps=3, batch_size=8, lr=1e-3, seed=0,
+                   tower="vit")
+    assert json.loads((tmp_path / "vision" / "metrics.json").read_text())["tower"] == "vit"
+    config, state = clip_vision_tower(tmp_path / "vision")
+    assert config["num_hidden_layers"] == 2 and "encoder.layers.1.self_attn.qkv.weight" in state
+    with pytest.raises(ValueError, match="unknown toy CLIP tower 'convnext'"):
+        train_toy_clip(corpus_dir=str(corpus), out_dir=str(tmp_path / "bad"), steps=1, batch_size=8, lr=1e-3, seed=0,
+                       tower="convnext")
 
 
 def test_load_clip_refuses_downloads_and_bad_paths(trained):

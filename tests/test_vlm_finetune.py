@@ -267,7 +267,7 @@ def test_toy_clip_image_tower_carries_over_to_the_vlm_unchanged(tmp_path):
     from vlselect.toy.train_clip import MODEL_NAME, WEIGHTS_NAME, toy_clip_config
     from vlselect.toy.train_vlm import clip_vision_tower
 
-    (tmp_path / f"{MODEL_NAME}.json").write_text(json.dumps(toy_clip_config(64)))
+    (tmp_path / f"{MODEL_NAME}.json").write_text(json.dumps(toy_clip_config(64, tower="vit")))
     open_clip.add_model_config(tmp_path / f"{MODEL_NAME}.json")
     torch.manual_seed(0)
     clip = open_clip.create_model(MODEL_NAME, pretrained=None).eval()
@@ -288,12 +288,16 @@ def test_toy_clip_image_tower_carries_over_to_the_vlm_unchanged(tmp_path):
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
 
 
-def test_a_clip_with_a_pre_norm_is_refused(tmp_path):
+def test_a_clip_with_a_pre_norm_or_a_resnet_tower_is_refused(tmp_path):
     from vlselect.toy.train_clip import MODEL_NAME, toy_clip_config
     from vlselect.toy.train_vlm import clip_vision_tower
 
-    cfg = toy_clip_config(64)
+    cfg = toy_clip_config(64, tower="vit")
     cfg["vision_cfg"].pop("no_ln_pre")
     (tmp_path / f"{MODEL_NAME}.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="no_ln_pre"):
+        clip_vision_tower(tmp_path)
+    # the scoring CLIP's tower is a ResNet, which Blip2 cannot hold
+    (tmp_path / f"{MODEL_NAME}.json").write_text(json.dumps(toy_clip_config(64, tower="resnet")))
+    with pytest.raises(ValueError, match="ResNet image tower.*toy.models.vision"):
         clip_vision_tower(tmp_path)

@@ -13,9 +13,10 @@ def test_full_config_dry_run_fans_out_one_finetune_per_subset(tmp_path):
     assert jobs["finetune_subset"] == 30
     assert jobs["evaluate_subset"] == 30
     assert jobs["export_subset"] == 30
-    for rule in ("toy_world", "train_toy_clip", "train_toy_reward", "train_toy_vlm", "import_dataset",
+    for rule in ("toy_world", "train_toy_reward", "train_toy_vlm", "import_dataset",
                  "train_selector", "spectral_clusters", "final_table", "merge_judgements"):
         assert jobs[rule] == 1, rule
+    assert jobs["train_toy_clip"] == 2  # the scoring CLIP and the VLM's image tower
     # four indicators scored in one shard each (CLIP and reward on a GPU, length and GPT without), then gathered
     assert jobs["score_model_shard"] == 2 and jobs["score_text_shard"] == 2 and jobs["gather_scores"] == 4
 

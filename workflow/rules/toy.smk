@@ -22,21 +22,29 @@ if TOY:
         shell:
             "vlselect toy-world --out-dir {params.out} --params {params.p:q} 2> {log}"
 
+    # two toy CLIPs: "clip" scores the answers (its tower is toy.models.clip.tower), "vision" is the toy VLM's
+    # image tower (always a ViT, as Blip2's is); they train side by side, one core each
+    _toy_common = {"seed": config["toy"]["seed"], "image_size": config["toy"]["image_size"]}
+    TOY_CLIP_PARAMS = {"clip": config["toy"]["models"]["clip"] | _toy_common,
+                       "vision": config["toy"]["models"]["vision"] | _toy_common | {"tower": "vit"}}
+
     rule train_toy_clip:
         input:
             f"{R}/toy/corpus/captions.parquet",
         output:
-            weights=f"{R}/toy/models/clip/open_clip_model.safetensors",
-            config=f"{R}/toy/models/clip/vlselect-toy-clip.json",
-            metrics=f"{R}/toy/models/clip/metrics.json",
+            weights=f"{R}/toy/models/{{which}}/open_clip_model.safetensors",
+            config=f"{R}/toy/models/{{which}}/vlselect-toy-clip.json",
+            metrics=f"{R}/toy/models/{{which}}/metrics.json",
+        wildcard_constraints:
+            which="clip|vision",
         params:
-            p=as_json({**config["toy"]["models"]["clip"], "seed": config["toy"]["seed"], "image_size": config["toy"]["image_size"]}),
+            p=lambda w: to_json(TOY_CLIP_PARAMS[w.which]),
             corpus=f"{R}/toy/corpus",
-            out=f"{R}/toy/models/clip",
+            out=lambda w: f"{R}/toy/models/{w.which}",
         log:
-            f"{R}/logs/train_toy_clip.log",
+            f"{R}/logs/train_toy_{{which}}.log",
         benchmark:
-            f"{R}/benchmarks/train_toy_clip.tsv"
+            f"{R}/benchmarks/train_toy_{{which}}.tsv"
         # one thread: on two, a backward kernel sums in an order that varies between runs once a batch holds each
         # caption's four twins, and the CLIP (and every score after it) would differ in the last bits run to run
         threads: 1
@@ -72,14 +80,14 @@ if TOY:
         input:
             captions=f"{R}/toy/corpus/captions.parquet",
             qa=f"{R}/toy/corpus/qa.parquet",
-            # the VLM looks through the toy CLIP's image tower (MiniGPT-4 looks through EVA-CLIP)
-            clip=f"{R}/toy/models/clip/open_clip_model.safetensors",
+            # the VLM looks through a toy CLIP's ViT (MiniGPT-4 looks through EVA-CLIP)
+            vision=f"{R}/toy/models/vision/open_clip_model.safetensors",
         output:
             directory(f"{R}/toy/models/vlm"),
         params:
             p=as_json({**config["toy"]["models"]["vlm"], "seed": config["toy"]["seed"], "image_size": config["toy"]["image_size"]}),
             corpus=f"{R}/toy/corpus",
-            clip=f"{R}/toy/models/clip",
+            vision=f"{R}/toy/models/vision",
         log:
             f"{R}/logs/train_toy_vlm.log",
         benchmark:
@@ -89,5 +97,5 @@ if TOY:
             mem_mb=4000,
             runtime=30,
         shell:
-            "OMP_NUM_THREADS={threads} vlselect train-toy-vlm --corpus-dir {params.corpus} --clip-dir {params.clip} "
+            "OMP_NUM_THREADS={threads} vlselect train-toy-vlm --corpus-dir {params.corpus} --clip-dir {params.vision} "
             "--out-dir {output} --params {params.p:q} 2> {log}"

@@ -1,21 +1,27 @@
-"""Train the toy world's tiny open_clip model on the pre-training corpus.
+"""Train the toy world's tiny open_clip models on the pre-training corpus.
 
-The model is a custom open_clip architecture ("vlselect-toy-clip": 64-px ViT and text transformer, two
-layers of width 64 each, open_clip's bundled BPE tokenizer) registered from a JSON config, so the
-scoring code loads it exactly as it would load ViT-bigG-14. It is trained contrastively with the
-text side computed the way the CLIP score computes it (mean of L2-normalised sentence embeddings,
-see vlselect.scoring.clip), so that the score measures what training optimised.
+A toy CLIP is a custom open_clip architecture ("vlselect-toy-clip") registered from a JSON config and using
+open_clip's bundled BPE tokenizer, so the scoring code loads it exactly as it would load ViT-bigG-14. Two image
+towers are offered (:func:`toy_clip_config`):
+
+- ``resnet``, the scoring CLIP: open_clip's ModifiedResNet (RN50's layout, one bottleneck per stage, width 16).
+  Convolutions see shapes: the right caption beats its twin with one shape made false for 0.76 of held-out
+  images, where every ViT recipe tried stayed near chance (0.55 to 0.60; BENCHMARKS.md).
+- ``vit``, the toy VLM's image tower: a 64-px ViT with 8-px patches and fixed 2-D sine-cosine position embeddings,
+  two layers of width 64, laid out as transformers' Blip2 vision tower (vlselect.toy.train_vlm.clip_vision_tower),
+  as MiniGPT-4 looks through EVA-CLIP's ViT.
+
+Both share the text transformer (two layers of width 64) and the training recipe. It is contrastive, with the text
+side computed the way the CLIP score computes it (mean of L2-normalised sentence embeddings, see
+vlselect.scoring.clip), so that the score measures what training optimised.
 
 With ``hard_negatives`` each image also meets its caption's twins, one per kind of fact the caption states
 (colour, count, position, shape), each with that one fact made false (:func:`vlselect.toy.describe.swap_attribute`),
 as in NegCLIP. Random captions differ from the right one in almost everything, so a model trained on them alone
 learns the scene's gist and barely notices a single wrong colour, which is the commonest flaw of the instruction
 data. Only the edited sentence is new to the text encoder (encode_answers encodes each distinct sentence once).
-
-Of the recipes tried (BENCHMARKS.md), only fixed 2-D sine-cosine position embeddings (MAE's), a twin of every
-kind for every caption and about 2,000 steps together taught the toy CLIP positions; it learns them after some
-800 steps. Fixed embeddings make neighbouring patches alike, so "top left" is one direction in the tokens rather
-than nine unrelated patch codes to discover. No recipe tried taught it shapes.
+The ViT learns positions only with all of fixed position embeddings, a twin of every kind for every caption and
+about 2,000 steps; it learns them after some 800 steps.
 """
 
 from __future__ import annotations
@@ -44,24 +50,36 @@ MODEL_NAME = "vlselect-toy-clip"
 WEIGHTS_NAME = "open_clip_model.safetensors"
 HELD_OUT_FRACTION = 0.1
 N_CANDIDATES = 10  # retrieval: the right caption among this many
+TOWERS = ("resnet", "vit")
 
 
-def toy_clip_config(image_size: int = 64) -> dict:
-    """open_clip model config of the toy CLIP (keys as in open_clip/model_configs/*.json)."""
+def toy_clip_config(image_size: int = 64, tower: str = "resnet") -> dict:
+    """open_clip model config of a toy CLIP (keys as in open_clip/model_configs/*.json).
+
+    ``tower`` is ``resnet`` (the scoring CLIP) or ``vit`` (the toy VLM's image tower); see the module docstring.
+    """
+    if tower == "resnet":
+        # a list of layers makes open_clip build its ModifiedResNet; width 16 gives 512 channels at the last stage,
+        # pooled by attention (head width 64) over its 2x2 grid at 64 px
+        vision = {"image_size": image_size, "layers": [1, 1, 1, 1], "width": 16, "head_width": 64}
+    elif tower == "vit":
+        # no_ln_pre: the same layer layout as transformers' Blip2 vision tower, so the toy VLM can see through
+        # this ViT once it is trained (vlselect.toy.train_vlm.clip_vision_tower)
+        vision = {"image_size": image_size, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8,
+                  "no_ln_pre": True, "pos_embed_type": "sin_cos_2d"}
+    else:
+        raise ValueError(f"unknown toy CLIP tower {tower!r}; use one of {TOWERS}")
     return {
         "embed_dim": 64,
-        # no_ln_pre: the same layer layout as transformers' Blip2 vision tower, so the toy VLM can see through
-        # this ViT once it is trained (vlselect.toy.train_vlm.clip_vision_tower), as MiniGPT-4 sees through EVA-CLIP
-        "vision_cfg": {"image_size": image_size, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8,
-                       "no_ln_pre": True, "pos_embed_type": "sin_cos_2d"},
+        "vision_cfg": vision,
         # Sentences of the toy captions are short; 32 tokens hold them with room to spare and cost far less than 77.
         "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
     }
 
 
 def train_toy_clip(*, corpus_dir: str, out_dir: str, steps: int, batch_size: int, lr: float, seed: int,
-                   image_size: int = 64, hard_negatives: bool = True) -> None:
-    """Train the toy CLIP on corpus/captions.parquet; writes its config JSON, weights and metrics.json to ``out_dir``.
+                   image_size: int = 64, hard_negatives: bool = True, tower: str = "resnet") -> None:
+    """Train a toy CLIP on corpus/captions.parquet; writes its config JSON, weights and metrics.json to ``out_dir``.
 
     metrics.json holds the held-out retrieval accuracy (right caption among 10 for images never trained on),
     the held-out hard-negative accuracy (the caption scores above its twin with one fact made false), also by
@@ -79,7 +97,7 @@ def train_toy_clip(*, corpus_dir: str, out_dir: str, steps: int, batch_size: int
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     config_path = out / f"{MODEL_NAME}.json"
-    write_json(toy_clip_config(image_size), config_path)
+    write_json(toy_clip_config(image_size, tower), config_path)
     open_clip.add_model_config(config_path)
     model, _, preprocess = open_clip.create_model_and_transforms(MODEL_NAME, pretrained=None)
     tokenizer = open_clip.get_tokenizer(MODEL_NAME)
@@ -130,7 +148,7 @@ def train_toy_clip(*, corpus_dir: str, out_dir: str, steps: int, batch_size: int
         save_model(model, str(tmp))
     window = max(1, min(20, steps // 5))
     metrics = {
-        "model": MODEL_NAME, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
+        "model": MODEL_NAME, "tower": tower, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
         "hard_negatives": hard_negatives,
         "n_train": int(len(train)), "n_held_out": int(len(held)),
         "loss_start": float(np.mean(losses[:window])), "loss_end": float(np.mean(losses[-window:])),
@@ -139,8 +157,8 @@ def train_toy_clip(*, corpus_dir: str, out_dir: str, steps: int, batch_size: int
         "train_seconds": round(train_seconds, 1),
     }
     write_json(metrics, out / "metrics.json")
-    log.info("toy CLIP: held-out retrieval accuracy %.3f (right caption among %d), caption above its one-fact twin "
-             "%s (by kind %s), loss %.3f -> %.3f, %.0f s", accuracy, N_CANDIDATES,
+    log.info("toy CLIP (%s tower): held-out retrieval accuracy %.3f (right caption among %d), caption above its "
+             "one-fact twin %s (by kind %s), loss %.3f -> %.3f, %.0f s", tower, accuracy, N_CANDIDATES,
              "n/a (no twins)" if twin_accuracy is None else f"{twin_accuracy:.3f}",
              {k: round(v, 3) for k, v in twin_by_kind.items()}, metrics["loss_start"], metrics["loss_end"],
              train_seconds)

@@ -66,6 +66,9 @@ def clip_vision_tower(clip_dir: str | Path) -> tuple[dict, dict]:
 
     clip_dir = Path(clip_dir)
     cfg = read_json(clip_dir / f"{MODEL_NAME}.json")["vision_cfg"]
+    if isinstance(cfg["layers"], list):
+        raise ValueError(f"{clip_dir} holds a toy CLIP with a ResNet image tower, and Blip2's vision tower is a ViT; "
+                         "point the VLM at a toy CLIP trained with tower 'vit' (toy.models.vision)")
     if not cfg.get("no_ln_pre"):
         raise ValueError(f"{clip_dir}: the toy CLIP has a pre-norm (no_ln_pre unset), which Blip2's vision tower "
                          "lacks; retrain it with the current vlselect (delete the folder and re-run)")

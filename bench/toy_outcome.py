@@ -28,9 +28,9 @@ def main() -> int:
     truth = pd.read_parquet(r / "toy" / "truth.parquet")
 
     print("## Tiny models\n")
-    for name in ("clip", "reward", "vlm"):
+    for name in ("clip", "vision", "reward", "vlm"):
         m = json.loads((r / "toy" / "models" / name / "metrics.json").read_text())
-        keys = [k for k in m if any(s in k for s in ("accuracy", "f1", "seconds", "steps"))]
+        keys = [k for k in m if any(s in k for s in ("tower", "accuracy", "f1", "seconds", "steps"))]
         print(f"- {name}: " + ", ".join(f"{k} {m[k]:.3f}" if isinstance(m[k], float) else f"{k} {m[k]}" for k in keys))
 
     subsets = pd.read_parquet(r / "labels" / "subsets.parquet").merge(truth, on="sample_id")

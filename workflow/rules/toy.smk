@@ -48,6 +48,9 @@ if TOY:
         # one thread: on two, a backward kernel sums in an order that varies between runs once a batch holds each
         # caption's four twins, and the CLIP (and every score after it) would differ in the last bits run to run
         threads: 1
+        # the CLIPs are the toy build's longest jobs: on two cores they start first, and the reward model trains
+        # once the ViT is done, beside the ResNet, instead of before both
+        priority: 1
         resources:
             mem_mb=4000,
             runtime=30,

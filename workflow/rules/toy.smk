@@ -1,5 +1,7 @@
 # The embedded default: generate the toy world and train its tiny models (only when dataset.format == toy).
 if TOY:
+    # what every toy model trained on images takes besides its own settings
+    TOY_COMMON = {"seed": config["toy"]["seed"], "image_size": config["toy"]["image_size"]}
 
     rule toy_world:
         output:
@@ -24,9 +26,8 @@ if TOY:
 
     # two toy CLIPs: "clip" scores the answers (its tower is toy.models.clip.tower), "vision" is the toy VLM's
     # image tower (always a ViT, as Blip2's is); they train side by side, one core each
-    _toy_common = {"seed": config["toy"]["seed"], "image_size": config["toy"]["image_size"]}
-    TOY_CLIP_PARAMS = {"clip": config["toy"]["models"]["clip"] | _toy_common,
-                       "vision": config["toy"]["models"]["vision"] | _toy_common | {"tower": "vit"}}
+    TOY_CLIP_PARAMS = {"clip": config["toy"]["models"]["clip"] | TOY_COMMON,
+                       "vision": config["toy"]["models"]["vision"] | TOY_COMMON | {"tower": "vit"}}
 
     rule train_toy_clip:
         input:
@@ -88,7 +89,7 @@ if TOY:
         output:
             directory(f"{R}/toy/models/vlm"),
         params:
-            p=as_json({**config["toy"]["models"]["vlm"], "seed": config["toy"]["seed"], "image_size": config["toy"]["image_size"]}),
+            p=as_json(config["toy"]["models"]["vlm"] | TOY_COMMON),
             corpus=f"{R}/toy/corpus",
             vision=f"{R}/toy/models/vision",
         log:

@@ -42,3 +42,16 @@ def test_wrong_type_is_reported_with_its_place():
     bad["scoring"]["device"] = "tpu"
     with pytest.raises(ConfigError, match=r"scoring\.device"):
         validate_config(bad)
+
+
+def test_both_toy_clips_share_one_recipe_and_only_the_scoring_clip_has_a_tower():
+    config = validate_config({"toy": {"models": {"clip": {"steps": 5, "batch_size": 2, "lr": 0.1},
+                                                 "vision": {"steps": 5, "batch_size": 2, "lr": 0.1}}}})
+    assert config["toy"]["models"]["clip"]["tower"] == "resnet"
+    for which in ("clip", "vision"):
+        assert config["toy"]["models"][which]["hard_negatives"] is True
+        bad = {"toy": {"models": {which: {"steps": 0, "batch_size": 2, "lr": 0.1}}}}
+        with pytest.raises(ConfigError, match=rf"toy\.models\.{which}\.steps"):
+            validate_config(bad)
+    with pytest.raises(ConfigError, match=r"'tower' under toy\.models\.vision"):
+        validate_config({"toy": {"models": {"vision": {"steps": 5, "batch_size": 2, "lr": 0.1, "tower": "vit"}}}})

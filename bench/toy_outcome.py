@@ -37,7 +37,8 @@ def main() -> int:
     per = subsets.groupby("subset").agg(flaw_rate=("clean", lambda c: 1 - c.mean()),
                                         purity=("source", lambda s: s.value_counts().iloc[0] / len(s)))
     labels = pd.read_parquet(r / "labels" / "labels.parquet").set_index("subset")
-    per = per.join(labels["label"])
+    suites = [c for c in labels.columns if c.startswith("acc_")]
+    per = per.join(labels[["label"] + suites])
     rho, p = spearmanr(per["label"], per["flaw_rate"])
     print("\n## Subsets and labels\n")
     print(f"- {len(per)} subsets; source purity mean {per['purity'].mean():.3f}; true flaw rate "
@@ -45,12 +46,14 @@ def main() -> int:
     print(f"- labels {per['label'].min():.3f} to {per['label'].max():.3f} (sd {per['label'].std():.3f}); "
           f"Spearman(label, true flaw rate) = {rho:.3f} (p = {p:.3g})")
 
-    print("\nSpearman of each label with the share of each flaw in its subset (negative: the labels punish it):\n")
-    print("| flaw | " + " | ".join(FLAW_KINDS) + " |\n|--|" + "--:|" * len(FLAW_KINDS))
-    shares = subsets.groupby("subset")["flaws"]
-    row = [spearmanr(shares.apply(lambda f, k=k: f.str.contains(k).mean()).loc[per.index], per["label"])[0]
-           for k in FLAW_KINDS]
-    print("| Spearman | " + " | ".join(f"{v:+.2f}" for v in row) + " |")
+    print("\nSpearman of each label, and of each suite's accuracy it averages, with the share of each flaw in the "
+          "subsets (negative: that score punishes the flaw):\n")
+    print("| score | " + " | ".join(FLAW_KINDS) + " |\n|--|" + "--:|" * len(FLAW_KINDS))
+    flaws = subsets.groupby("subset")["flaws"]
+    shares = {k: flaws.apply(lambda f, k=k: f.str.contains(k).mean()).loc[per.index] for k in FLAW_KINDS}
+    for score in ["label"] + suites:
+        row = [spearmanr(shares[k], per[score])[0] for k in FLAW_KINDS]
+        print(f"| {score.removeprefix('acc_')} | " + " | ".join(f"{v:+.2f}" for v in row) + " |")
 
     report = json.loads((r / "selector" / "report.json").read_text())
     cv = {k: round(v["mse"], 3) for k, v in report["cv"].items()}

@@ -76,9 +76,11 @@ def main() -> int:
 
 
 def _indicator_ceiling(r: Path, truth: pd.DataFrame, n: int = 200) -> str:
-    """The best unflawed share among the top ``n`` of z(clip) + w z(reward) over a grid of w: what any weighting of
+    """The best unflawed share of the top ``n`` by z(clip) + w z(reward) over a grid of w: what any weighting of
     the two scoring models could reach, whatever the labels; without cluster quotas, then with the run's quotas
-    (selection.quota_m read back from the selector's picks) as the diversity methods pick."""
+    (selection.quota_m read back from the selector's picks) as the diversity methods pick. Beside each w, how
+    well the weighting fits the genuine labels: the correlation of a subset's mean score with its label, which
+    is what the selector's training rewards."""
     from vlselect.indicators import read_indicators
     from vlselect.io import read_parquet_metadata
     from vlselect.selection import diverse_top
@@ -89,16 +91,25 @@ def _indicator_ceiling(r: Path, truth: pd.DataFrame, n: int = 200) -> str:
     clean = truth["clean"].to_numpy()
     cluster = pd.read_parquet(r / "selection" / "clusters.parquet").set_index("sample_id")["cluster"].reindex(ids)
     quota_m = read_parquet_metadata(str(r / "selection" / "selector" / "selected.parquet"))["quota_m"]
-    grid = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 1e6)
-    scores = {w: (z["clip"] + w * z["reward"]).fillna(-np.inf).to_numpy() for w in grid}
-    plain = {w: clean[np.argsort(-s, kind="stable")[:n]].mean() for w, s in scores.items()}
-    picks = {w: diverse_top(s, np.asarray(ids, dtype=str), cluster.to_numpy(), n, quota_m) for w, s in scores.items()}
-    quotas = {w: clean[p].mean() for w, p in picks.items()}
-    best, best_q = max(plain, key=plain.get), max(quotas, key=quotas.get)
-    left = truth.iloc[picks[best_q]].query("not clean")["flaws"].value_counts()
-    return (f"top {n} by z(clip) + w z(reward): best w {best:g} gives {plain[best]:.3f} unflawed "
-            f"(w 0: {plain[0.0]:.3f}, reward alone: {plain[1e6]:.3f}); with the cluster quotas best w {best_q:g} "
-            f"gives {quotas[best_q]:.3f}, its flawed picks {left.to_dict()}")
+    subset = pd.read_parquet(r / "labels" / "subsets.parquet").set_index("sample_id")["subset"].reindex(ids)
+    label = pd.read_parquet(r / "labels" / "labels.parquet").set_index("subset")["label"]
+    grid = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 1e6)
+    lines = ["| w | unflawed, no quotas | unflawed, with the quotas | corr(subset mean score, label) |",
+             "|--:|--:|--:|--:|"]
+    best = {}
+    for w in grid:
+        score = (z["clip"] + w * z["reward"]) if w < 1e6 else z["reward"]
+        s = score.fillna(-np.inf).to_numpy()
+        plain = clean[np.argsort(-s, kind="stable")[:n]].mean()
+        picks = diverse_top(s, np.asarray(ids, dtype=str), cluster.to_numpy(), n, quota_m)
+        fit = score.groupby(subset.to_numpy()).mean().reindex(label.index).corr(label)
+        best[w] = (clean[picks].mean(), picks)
+        lines.append(f"| {'reward alone' if w >= 1e6 else f'{w:g}'} | {plain:.3f} | {clean[picks].mean():.3f} "
+                     f"| {fit:+.3f} |")
+    w_q = max(best, key=lambda w: best[w][0])
+    left = truth.iloc[best[w_q][1]].query("not clean")["flaws"].value_counts()
+    return ("top " + str(n) + " by z(clip) + w z(reward):\n\n" + "\n".join(lines)
+            + f"\n\nWith the quotas, the best w ({w_q:g}) leaves these flawed picks: {left.to_dict()}")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ the workflow's own ``labels.parquet`` gives one such figure per run; this gives 
 the same base model and subsets. About 15 s per subset with 2 seeds on this machine.
 
     PYTHONPATH=src python bench/label_recipe.py [--results results] [--config config.yaml] [--seeds 0 1] \\
-        --setting three_epochs '{"epochs": 3}' --setting six_epochs '{"epochs": 6}'
+        --setting three_epochs '{"epochs": 3}' --setting six_epochs '{"epochs": 6}' [--subsets 4 12]
 """
 
 from __future__ import annotations
@@ -24,11 +24,16 @@ from vlselect.config import load_config
 
 
 def main() -> int:
-    args = settings_parser(__doc__, [0, 1]).parse_args()
+    parser = settings_parser(__doc__, [0, 1])
+    parser.add_argument("--subsets", type=int, nargs="+", help="only these subsets (default: all); the Spearman "
+                        "then runs over them alone")
+    args = parser.parse_args()
     torch.set_num_threads(args.threads)
     r = Path(args.results)
     cfg = load_config(args.config)
     share = clean_share(r)
+    if args.subsets:
+        share = share.loc[args.subsets]
     for name, setting in args.setting:
         labels, sds = [], []
         for k in share.index:

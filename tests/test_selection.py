@@ -129,6 +129,23 @@ def test_selector_method_uses_predictions(world):
     sel = read(root / "s")[0]
     np.testing.assert_allclose(sel["quality"], quality[[ids.index(i) for i in sel["sample_id"]]])
     assert (np.diff(sel["score"]) <= 0).all() and sel["why"].str.startswith("quality +").all()
+    # Without a linear selector's weights, the plain z-scores explain a pick, and only those above average do:
+    # these picks have low rewards, so reward never appears.
+    carried = sel["why"].str.split(", ").apply(lambda parts: parts[1:])
+    assert all(p.split(" ")[1].startswith("+") or p == "no indicator above average" for ps in carried for p in ps)
+    assert not sel["why"].str.contains("reward").any()
+
+
+def test_a_linear_selectors_picks_are_explained_by_its_weights(world):
+    root, ids, raw, _, base = world
+    z = (raw["reward"] - raw["reward"].mean()) / raw["reward"].std()
+    write_parquet(pd.DataFrame({"sample_id": ids, "quality": 0.4 + 0.01 * z}), root / "pred.parquet",
+                  metadata={"arch": "linear", "linear_weights": {"clip": 0.0, "reward": 1.0, "length": 0.0}})
+    select(method="selector", out_dir=str(root / "s"), n_select=12, quota_m=40, predictions=str(root / "pred.parquet"),
+           **base)
+    why = read(root / "s")[0]["why"]
+    # clip and length are above average for some of these picks, but they carry no weight in this selector
+    assert why.str.fullmatch(r"quality \+\d\.\dσ, reward \+\d\.\dσ").all(), why.tolist()
 
 
 def test_spectral_clusters_sparse_affinity(tmp_path):

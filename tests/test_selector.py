@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from vlselect.io import write_parquet
+from vlselect.io import read_parquet_metadata, write_parquet
 from vlselect.indicators import percentile, percentile_grid, rank_scores
 from vlselect.selector import SIMPLEST_FIRST, choose_candidate, predict, train_selector
 
@@ -205,6 +205,8 @@ def test_one_extreme_indicator_value_carries_a_pick_only_under_zscores(world, tm
     report = json.loads((out / "report.json").read_text())
     assert report["normalise"] == normalise and report["linear_weights"]["reward"] > 0.0
     predict(model_dir=str(out), scores=scores, pca=common["pca"], out=str(out / "pred.parquet"))
+    # the predictions carry the linear weights on the indicators, which selection's "why" column reads
+    assert read_parquet_metadata(out / "pred.parquet")["linear_weights"] == pytest.approx(report["linear_weights"])
     rank = pd.read_parquet(out / "pred.parquet")["quality"].rank(ascending=False)[worst]
     spec = json.loads((out / "model.json").read_text())
     if normalise == "rank":

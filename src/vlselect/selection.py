@@ -23,7 +23,7 @@ from sklearn.cluster import SpectralClustering
 from sklearn.neighbors import kneighbors_graph
 
 from vlselect.indicators import read_indicators, zscore
-from vlselect.io import sha256_file, write_parquet
+from vlselect.io import read_parquet_metadata, sha256_file, write_parquet
 from vlselect.subsets import load_image_features
 
 log = logging.getLogger(__name__)
@@ -99,20 +99,23 @@ def diverse_top(score: np.ndarray, ids: np.ndarray, cluster: np.ndarray, n_selec
 
 
 def _why(z: pd.DataFrame, weights: dict[str, float] | None, quality_z: np.ndarray | None) -> list[str]:
-    """Short text naming the indicators that carried each example, e.g. "clip +1.8σ, reward +1.2σ"."""
-    if z.shape[1] == 0 and quality_z is None:
-        return [""] * len(z)
+    """Short text naming the (at most two) indicators that carried each example, e.g. "clip +1.8σ, reward +1.2σ".
+
+    An indicator carries an example when it adds to the example's score: weight x z for a weighted score (the
+    weights method, a linear selector), plain z otherwise. One that subtracts, or has no weight or no score,
+    is never named, so a pick is never explained by what counted against it.
+    """
     names = list(z.columns)
     zv = z.to_numpy()
-    # Contribution: weight x z for weighted scores, plain z otherwise; unweighted or unscored never lead.
     w = np.array([weights.get(n, 0.0) for n in names]) if weights else np.ones(len(names))
-    contrib = np.where(np.isnan(zv) | (w == 0), -np.inf, zv * w)
-    top = np.argsort(-contrib, axis=1, kind="stable")[:, :2] if names else np.zeros((len(z), 0), dtype=int)
+    with np.errstate(invalid="ignore"):
+        contrib = np.where(np.isnan(zv) | (w * zv <= 0), -np.inf, zv * w)
+    top = np.argsort(-contrib, axis=1, kind="stable")[:, :2]
     out = []
     for row in range(len(z)):
         parts = [] if quality_z is None else [f"quality {quality_z[row]:+.1f}σ"]
-        parts += [f"{names[j]} {zv[row, j]:+.1f}σ" for j in top[row] if np.isfinite(contrib[row, j])]
-        out.append(", ".join(parts))
+        carried = [f"{names[j]} {zv[row, j]:+.1f}σ" for j in top[row] if np.isfinite(contrib[row, j])]
+        out.append(", ".join(parts + (carried or ["no indicator above average"])))
     return out
 
 
@@ -161,6 +164,8 @@ def select(*, method: str, manifest: str, scores: list[str], clusters: str | Non
         table["quality"] = q.to_numpy()
         score = q.to_numpy()
         quality_z = zscore(q).to_numpy()
+        # a linear selector's weights say what each indicator adds; other shapes leave the plain z-scores
+        used_weights = read_parquet_metadata(predictions).get("linear_weights")
     elif method in ("weights", "no_cluster"):
         used_weights = _usable_weights(weights, list(raw.columns), unusable)
         score = sum(w * zs[k].fillna(0.0).to_numpy() for k, w in used_weights.items())

@@ -342,7 +342,10 @@ def predict(*, model_dir: str, scores: list[str], pca: str, out: str) -> None:
     used = spec.get("inputs", "all")  # models saved before the input choice existed used every feature
     x = _inputs(x, len(spec["indicators"]), used)
     q = predict_members(model, x, spec["context"], spec["seed"]) * spec["label_std"] + spec["label_mean"]
-    write_parquet(pd.DataFrame({"sample_id": ids, "quality": q}), out,
-                  metadata={"arch": spec["arch"], "inputs": used, "model_dir": str(model_dir), "features": names})
+    meta = {"arch": spec["arch"], "inputs": used, "model_dir": str(model_dir), "features": names}
+    if spec["arch"] == "linear":  # what each indicator adds to a pick's quality, for selection's "why" column
+        weights = model.head.weight.detach()[0].tolist()
+        meta["linear_weights"] = {n: w for n, w in zip(names, weights) if n in spec["indicators"]}
+    write_parquet(pd.DataFrame({"sample_id": ids, "quality": q}), out, metadata=meta)
     log.info("predicted quality for %d examples: mean %.4f, std %.4f", len(q), q.mean(), q.std())
 

@@ -93,19 +93,18 @@ def _indicator_ceiling(r: Path, truth: pd.DataFrame, n: int = 200) -> str:
     quota_m = read_parquet_metadata(str(r / "selection" / "selector" / "selected.parquet"))["quota_m"]
     subset = pd.read_parquet(r / "labels" / "subsets.parquet").set_index("sample_id")["subset"].reindex(ids)
     label = pd.read_parquet(r / "labels" / "labels.parquet").set_index("subset")["label"]
-    grid = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 1e6)
+    id_array, cluster_array, subset_array = np.asarray(ids, dtype=str), cluster.to_numpy(), subset.to_numpy()
     lines = ["| w | unflawed, no quotas | unflawed, with the quotas | corr(subset mean score, label) |",
              "|--:|--:|--:|--:|"]
     best = {}
-    for w in grid:
-        score = (z["clip"] + w * z["reward"]) if w < 1e6 else z["reward"]
+    for w in (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, None):  # None: the reward score alone
+        score = z["reward"] if w is None else z["clip"] + w * z["reward"]
         s = score.fillna(-np.inf).to_numpy()
         plain = clean[np.argsort(-s, kind="stable")[:n]].mean()
-        picks = diverse_top(s, np.asarray(ids, dtype=str), cluster.to_numpy(), n, quota_m)
-        fit = score.groupby(subset.to_numpy()).mean().reindex(label.index).corr(label)
+        picks = diverse_top(s, id_array, cluster_array, n, quota_m)
+        fit = score.groupby(subset_array).mean().reindex(label.index).corr(label)
         best[w] = (clean[picks].mean(), picks)
-        lines.append(f"| {'reward alone' if w >= 1e6 else f'{w:g}'} | {plain:.3f} | {clean[picks].mean():.3f} "
-                     f"| {fit:+.3f} |")
+        lines.append(f"| {'reward alone' if w is None else f'{w:g}'} | {plain:.3f} | {best[w][0]:.3f} | {fit:+.3f} |")
     w_q = max(best, key=lambda w: best[w][0])
     left = truth.iloc[best[w_q][1]].query("not clean")["flaws"].value_counts()
     return ("top " + str(n) + " by z(clip) + w z(reward):\n\n" + "\n".join(lines)

@@ -302,10 +302,15 @@ def train_selector(*, scores: list[str], pca: str, subsets: str, labels: str, ou
               "monotone": monotone, "normalise": normalise, "hyperparameters": hp}
     if chosen == "linear":  # in standardised units per input: what a pick owes to each indicator and feature
         used = names if chosen_inputs == "all" else indicators
-        report["linear_weights"] = dict(zip(used, model.head.weight.detach()[0].tolist()))
+        report["linear_weights"] = linear_weights(model, used)
     write_json(report, out_dir / "report.json")
     log.info("selector CV MSE: %s; using %s, the simplest within one standard error of the lowest (%s)",
              {k: round(v["mse"], 3) for k, v in cv.items()}, best, report["lowest_cv"])
+
+
+def linear_weights(model: Selector, names: list[str]) -> dict[str, float]:
+    """A linear selector's weight on each input, by name (in standardised input units)."""
+    return dict(zip(names, model.head.weight.detach()[0].tolist()))
 
 
 def choose_candidate(cv: dict, allowed: list[tuple[str, str]]) -> tuple[str, str]:
@@ -344,8 +349,7 @@ def predict(*, model_dir: str, scores: list[str], pca: str, out: str) -> None:
     q = predict_members(model, x, spec["context"], spec["seed"]) * spec["label_std"] + spec["label_mean"]
     meta = {"arch": spec["arch"], "inputs": used, "model_dir": str(model_dir), "features": names}
     if spec["arch"] == "linear":  # what each indicator adds to a pick's quality, for selection's "why" column
-        weights = model.head.weight.detach()[0].tolist()
-        meta["linear_weights"] = {n: w for n, w in zip(names, weights) if n in spec["indicators"]}
+        meta["linear_weights"] = {n: w for n, w in linear_weights(model, names).items() if n in spec["indicators"]}
     write_parquet(pd.DataFrame({"sample_id": ids, "quality": q}), out, metadata=meta)
     log.info("predicted quality for %d examples: mean %.4f, std %.4f", len(q), q.mean(), q.std())
 

@@ -95,6 +95,24 @@ def test_llava_all_turns(tmp_path):
     assert manifest["image_sha256"].iloc[0] == manifest["image_sha256"].iloc[1]
 
 
+def test_llava_conversation_kept_whole_through_import_and_export(tmp_path):
+    manifest, _ = _import(_llava_root(tmp_path), tmp_path / "out", format="llava", llava_turns="conversation",
+                          annotation_file="data.json", max_bad_fraction=1.0)
+    # the scorers see the first question and every answer; the conversation itself travels in `turns`
+    assert manifest[["sample_id", "instruction", "answer"]].values.tolist() == [
+        ["a", "What is shown?", "Shapes.\nRed."], ["7", "Count the shapes.", "Three."]]
+    assert json.loads(manifest["turns"].iloc[0]) == [["What is shown?", "Shapes."], ["Which colour?", "Red."]]
+    assert manifest["turns"].iloc[1] == ""
+    ids = tmp_path / "ids.parquet"
+    pd.DataFrame({"sample_id": ["a", "7"]}).to_parquet(ids)
+    export_dataset(manifest=str(tmp_path / "out" / "manifest.parquet"), sample_ids_file=str(ids),
+                   out_dir=str(tmp_path / "export"), format="llava")
+    exported = json.loads((tmp_path / "export" / "llava.json").read_text())
+    assert [[t["from"], t["value"]] for t in exported[0]["conversations"]] == [
+        ["human", "<image>\nWhat is shown?"], ["gpt", "Shapes."], ["human", "Which colour?"], ["gpt", "Red."]]
+    assert len(exported[1]["conversations"]) == 2
+
+
 def test_whole_file_errors_name_file_and_position(tmp_path):
     root = tmp_path / "r"
     bad.write(root / "filter_cap.json", b'{"annotations": []}\n{"trailing": 1}')

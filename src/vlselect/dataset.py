@@ -46,7 +46,9 @@ FORMATS = ("cc_sbu_align", "llava", "jsonl", "parquet", "toy")  # toy: the toy w
 # Tried in this order for cc_sbu_align when image/<id>.jpg is absent.
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 DEFAULT_FIELDS = {"sample_id": "id", "image": "image", "answer": "answer"}
-MANIFEST_COLUMNS = ["sample_id", "image_path", "image_sha256", "instruction", "answer", "source"]
+# turns: the whole conversation as JSON [[user, assistant], ...] for llava_turns "conversation", else ""; the
+# scorers read instruction (the first user turn) and answer (every assistant turn, one per line)
+MANIFEST_COLUMNS = ["sample_id", "image_path", "image_sha256", "instruction", "answer", "source", "turns"]
 QUARANTINE_COLUMNS = ["sample_id", "reason", "detail"]
 LLAVA_EXPORT_FILE = "llava.json"
 ID_MAP_FILE = "sample_ids.json"
@@ -58,6 +60,7 @@ class _Record:
     image: str | None = None
     instruction: str | None = None
     answer: str | None = None
+    turns: list[tuple[str, str]] | None = None  # a multi-turn conversation kept whole
     problem: Rejected | None = None  # set when the record is already known to be bad while parsing
 
 
@@ -74,8 +77,8 @@ def import_dataset(*, format: str, root: str, out_manifest: str, out_quarantine:
     """
     if format not in FORMATS:
         raise ValueError(f"dataset.format {format!r} is not importable; use one of {', '.join(FORMATS)}")
-    if llava_turns not in ("first", "all"):
-        raise ValueError(f"dataset.llava_turns must be 'first' or 'all', got {llava_turns!r}")
+    if llava_turns not in ("first", "all", "conversation"):
+        raise ValueError(f"dataset.llava_turns must be 'first', 'all' or 'conversation', got {llava_turns!r}")
     root_path = Path(root).resolve()
     if not root_path.is_dir():
         raise FileNotFoundError(f"dataset root {root} is not a folder; set dataset.root to the dataset's folder")
@@ -109,7 +112,8 @@ def import_dataset(*, format: str, root: str, out_manifest: str, out_quarantine:
             continue
         seen_examples[(digest, rec.answer)] = rec.sample_id
         kept.append({"sample_id": rec.sample_id, "image_path": str(path), "image_sha256": digest,
-                     "instruction": rec.instruction, "answer": rec.answer, "source": source})
+                     "instruction": rec.instruction, "answer": rec.answer, "source": source,
+                     "turns": json.dumps(rec.turns, ensure_ascii=False) if rec.turns else ""})
 
     counts = collections.Counter(q["reason"] for q in quarantined)
     total = len(kept) + len(quarantined)
@@ -248,11 +252,16 @@ def _llava_records(path: Path, llava_turns: str) -> Iterator[_Record]:
             if not pairs:
                 yield _Record(sid, problem=Rejected("no_answer_turn", f"Item {i} ({sid!r}) has no human turn answered by a gpt turn."))
                 continue
+            pairs = [(_IMAGE_TAG.sub("\n", question).strip("\n"), answer) for question, answer in pairs]
+            if llava_turns == "conversation":
+                yield _Record(sid, image=image, instruction=pairs[0][0], answer="\n".join(a for _, a in pairs),
+                              turns=pairs if len(pairs) > 1 else None)
+                continue
             if llava_turns == "first":
                 pairs = pairs[:1]
             for turn, (question, answer) in enumerate(pairs):
                 yield _Record(sid if llava_turns == "first" else f"{sid}#{turn}", image=image,
-                              instruction=_IMAGE_TAG.sub("\n", question).strip("\n"), answer=answer)
+                              instruction=question, answer=answer)
 
 
 def _mapped_record(row: dict, mapping: dict, instruction: str, where: str) -> _Record:
@@ -360,9 +369,12 @@ def export_dataset(*, manifest: str, sample_ids_file: str, out_dir: str, format:
             if format == "cc_sbu_align":
                 entries.append({"image_id": names[sid], "caption": row["answer"]})
             else:
-                entries.append({"id": sid, "image": rel, "conversations": [
-                    {"from": "human", "value": "<image>\n" + row["instruction"]},
-                    {"from": "gpt", "value": row["answer"]}]})
+                turns = json.loads(row["turns"]) if row.get("turns") else [(row["instruction"], row["answer"])]
+                conversation = []
+                for k, (question, answer) in enumerate(turns):
+                    conversation += [{"from": "human", "value": ("<image>\n" if k == 0 else "") + question},
+                                     {"from": "gpt", "value": answer}]
+                entries.append({"id": sid, "image": rel, "conversations": conversation})
         document = {"annotations": entries} if format == "cc_sbu_align" else entries
         target = "filter_cap.json" if format == "cc_sbu_align" else LLAVA_EXPORT_FILE
         (tmp / target).write_text(json.dumps(document, ensure_ascii=False, indent=1), encoding="utf-8")

@@ -2,10 +2,12 @@
 import json
 from pathlib import Path
 
-from vlselect.config import validate_config
+from vlselect.config import check_real_run, validate_config
+from vlselect.resources import group_resources
 from vlselect.shards import parse_scatteritem
 
 validate_config(config)
+check_real_run(config)
 
 R = config["results"]
 TOY = config["dataset"]["format"] == "toy"
@@ -33,8 +35,8 @@ def to_json(value):
     return json.dumps(value, sort_keys=True)
 
 
-def vlm_base():
-    return config["models"]["vlm"]["path"]
+FT_BACKEND = config["finetune"]["backend"]
+FT_MINIGPT4 = config["finetune"]["minigpt4"]
 
 
 def toy_inputs(*paths):
@@ -69,7 +71,8 @@ if TOY:
     CLIP = {"model": "vlselect-toy-clip", "pretrained": f"{R}/toy/models/clip/open_clip_model.safetensors",
             "model_config_dir": f"{R}/toy/models/clip"}
     REWARD = f"{R}/toy/models/reward"
-    VLM = f"{R}/toy/models/vlm"
+    # models.vlm.path puts another VLM (a tiny LLaVA, say) through the toy world in place of the toy one
+    VLM = config["models"]["vlm"]["path"] or f"{R}/toy/models/vlm"
     SUITE_ROOT = f"{R}/toy/suites"
 else:
     DATA_ROOT = config["dataset"]["root"]
@@ -78,3 +81,15 @@ else:
     VLM = config["models"]["vlm"]["path"]
     SUITE_ROOT = config["evaluate"]["suite_root"]
 
+
+
+# Resources per rule group: memory from the size of the checkpoints each group loads (unless set), memory and
+# runtime times Snakemake's `attempt`, GPUs as configured. The floors are what the toy world's jobs need.
+RES = config["resources"]
+VLM_CHECKPOINTS = [VLM] if FT_BACKEND == "transformers" else [FT_MINIGPT4.get("ckpt"), FT_MINIGPT4.get("llama_model")]
+SCORING_RESOURCES = group_resources(RES["scoring"], [CLIP.get("pretrained"), REWARD], floor=8000)
+
+
+def vlm_resources(group, runtime_factor=1):
+    """Resources of the fine-tune or evaluate group; label jobs run labels.seeds models, so their runtime scales."""
+    return group_resources(RES[group], VLM_CHECKPOINTS, floor=4000, runtime_factor=runtime_factor)

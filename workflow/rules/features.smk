@@ -18,11 +18,9 @@ rule embed_shard:
         f"{R}/logs/embed/{{scatteritem}}.log",
     benchmark:
         f"{R}/benchmarks/embed/{{scatteritem}}.tsv"
-    threads: 2
+    threads: RES["scoring"]["cpus"]
     resources:
-        gpu=1,
-        mem_mb=8000,
-        runtime=240,
+        **SCORING_RESOURCES,
     shell:
         "OMP_NUM_THREADS={threads} vlselect embed --manifest {input.manifest} --out-dir {params.out} "
         "--shard {params.shard} --n-shards {params.n_shards} --params {params.p:q} 2> {log}"

@@ -31,11 +31,9 @@ rule finetune_final:
         f"{R}/logs/finetune_final/{{method}}_seed{{seed}}.log",
     benchmark:
         f"{R}/benchmarks/finetune_final/{{method}}_seed{{seed}}.tsv"
-    threads: 1
+    threads: RES["finetune"]["cpus"]
     resources:
-        gpu=1,
-        mem_mb=4000,
-        runtime=240,
+        **vlm_resources("finetune"),
     shell:
         "OMP_NUM_THREADS={threads} vlselect finetune --base-model {params.base:q} --train-dir {input.data} "
         "--out-dir {output} --params {params.p:q} 2> {log}"
@@ -58,11 +56,9 @@ rule evaluate_final:
         f"{R}/logs/evaluate_final/{{model}}.log",
     benchmark:
         f"{R}/benchmarks/evaluate_final/{{model}}.tsv"
-    threads: 1
+    threads: RES["evaluate"]["cpus"]
     resources:
-        gpu=1,
-        mem_mb=4000,
-        runtime=60,
+        **vlm_resources("evaluate"),
     shell:
         "OMP_NUM_THREADS={threads} vlselect evaluate --model-dir {params.model:q} --suite-root {params.suite_root:q} "
         "--out {output} --params {params.p:q} 2> {log}"

@@ -55,11 +55,9 @@ else:
             f"{R}/logs/score/{{indicator}}_{{scatteritem}}.log",
         benchmark:
             f"{R}/benchmarks/score/{{indicator}}_{{scatteritem}}.tsv"
-        threads: 2
+        threads: RES["scoring"]["cpus"]
         resources:
-            gpu=1,
-            mem_mb=8000,
-            runtime=240,
+            **SCORING_RESOURCES,
         shell:
             SCORE_SHELL
 

@@ -63,3 +63,39 @@ def _describe(error: jsonschema.ValidationError) -> str:
         unknown = sorted(set(error.instance) - set(allowed))
         return f"  unknown key(s) {', '.join(repr(k) for k in unknown)} under {where}; allowed keys: {', '.join(allowed)}"
     return f"  {where}: {error.message}"
+
+
+def check_real_run(config: dict[str, Any]) -> None:
+    """Refuse a non-toy run that lacks a model or data path, when the DAG is built rather than an hour later.
+
+    The toy world builds its own models and suites; a real run must name them. Every missing setting is listed
+    with the key to set, so one edit of the config file fixes all of them.
+    """
+    if config["dataset"]["format"] == "toy":
+        return
+    missing = []
+    if not config["dataset"]["root"]:
+        missing.append("dataset.root: the folder of the dataset to select from")
+    if not config["selection"]["external_scores"]:
+        if not config["models"]["clip"]["pretrained"] and not config["models"]["clip"]["model"].startswith("local-dir:"):
+            missing.append("models.clip.pretrained: a CLIP checkpoint path or a cached open_clip tag")
+        if not config["models"]["reward"]["path"]:
+            missing.append("models.reward.path: a reward model folder or a cached Hugging Face id")
+    if config["finetune"]["backend"] == "minigpt4":
+        missing += [f"finetune.minigpt4.{key}: {what}" for key, what in
+                    (("repo", "your MiniGPT-4 checkout"), ("ckpt", "the stage-1 checkpoint (.pth)"),
+                     ("llama_model", "the Vicuna/Llama-2 folder")) if not config["finetune"]["minigpt4"].get(key)]
+    elif not config["models"]["vlm"]["path"]:
+        missing.append("models.vlm.path: the VLM to fine-tune (a transformers model folder; "
+                       "`vlselect convert-minigpt4` makes one from MiniGPT-4's official checkpoints)")
+    suites = config["labels"]["suites"] + config["final"]["suites"]
+    if any(isinstance(s, str) for s in suites) and not config["evaluate"]["suite_root"]:
+        missing.append("evaluate.suite_root: the folder holding the evaluation suites named in labels/final.suites")
+    if config["judge"]["backend"] == "oracle":
+        missing.append("judge.backend: 'openai' (with judge.base_url/model) or 'none'; the oracle judge reads the toy "
+                       "world's hidden truth and exists only there")
+    if missing:
+        raise ConfigError(f"dataset.format is {config['dataset']['format']!r}, a real run, and it needs:\n  "
+                          + "\n  ".join(missing)
+                          + "\nSet them in your config file (configs/minigpt4.yaml and configs/llava.yaml are "
+                            "templates with every such key marked).")

@@ -74,11 +74,9 @@ rule finetune_subset:
     benchmark:
         f"{R}/benchmarks/finetune_subset/{{k}}.tsv"
     priority: LABEL_PRIORITY
-    threads: 1
+    threads: RES["finetune"]["cpus"]
     resources:
-        gpu=1,
-        mem_mb=4000,
-        runtime=120 * LABEL_SEEDS,
+        **vlm_resources("finetune", runtime_factor=LABEL_SEEDS),
     shell:
         "OMP_NUM_THREADS={threads} vlselect finetune-seeds --base-model {params.base:q} --train-dir {input.data} "
         "--out-dir {output} --params {params.p:q} 2> {log}"
@@ -101,11 +99,9 @@ rule evaluate_subset:
     benchmark:
         f"{R}/benchmarks/evaluate_subset/{{k}}.tsv"
     priority: LABEL_PRIORITY
-    threads: 1
+    threads: RES["evaluate"]["cpus"]
     resources:
-        gpu=1,
-        mem_mb=4000,
-        runtime=60 * LABEL_SEEDS,
+        **vlm_resources("evaluate", runtime_factor=LABEL_SEEDS),
     shell:
         "OMP_NUM_THREADS={threads} vlselect evaluate --model-dir {input.model} --suite-root {params.suite_root:q} "
         "--out {output} --params {params.p:q} 2> {log}"

@@ -202,7 +202,12 @@ def test_tiny_workflow_through_the_profile_equals_the_local_run(cluster, tiny_ru
     # every rule of the run but `all` was a SLURM job, the GPU rules on the GPU partition
     assert {"toy_world", "train_toy_vlm", "finetune_subset", "evaluate_subset", "train_selector", "select",
             "finetune_final", "final_table", "judge_pair"} <= set(by_rule), sorted(by_rule)
-    assert len(by_rule["finetune_subset"]) == config["labels"]["n_subsets"]
+    assert len(by_rule["finetune_subset"]) == config["labels"]["n_subsets"] > 2
+    # one sbatch --array each for the subset fine-tunes and for their evaluations: every task of a rule carries the
+    # same submission id (the workflow makes them ready together; the plugin bundles only what is ready at once)
+    for rule in ("finetune_subset", "evaluate_subset"):
+        assert len({_submission(j["id"]) for j in by_rule[rule]}) == 1, by_rule[rule]
+        assert all("_" in j["id"] for j in by_rule[rule]), by_rule[rule]
     for rule, rule_jobs in by_rule.items():
         assert {j["partition"] for j in rule_jobs} == ({"gpu"} if rule in GPU_RULES else {"cpu"}), rule
 

@@ -177,3 +177,15 @@ def test_export_subset_writes_only_that_subset(tmp_path):
                    out_dir=str(tmp_path / "subset_1"))
     doc = json.loads((tmp_path / "subset_1" / "filter_cap.json").read_text())
     assert [a["caption"] for a in doc["annotations"]] == ["answer s1", "answer s3"]
+
+    # one job writes every subset, each into its own folder, in the layout asked for
+    from vlselect.dataset import export_subsets
+
+    outs = [str(tmp_path / "all" / f"subset_{k}") for k in range(3)]
+    assert export_subsets(manifest=str(tmp_path / "m.parquet"), subsets=str(tmp_path / "subsets.parquet"),
+                          out_dirs=outs, format="llava") == 6
+    assert [[t["id"] for t in json.loads((tmp_path / "all" / f"subset_{k}" / "llava.json").read_text())]
+            for k in range(3)] == [["s0", "s2"], ["s1", "s3"], ["s4", "s5"]]
+    with pytest.raises(ValueError, match="holds 3 subsets but 2 output folders"):
+        export_subsets(manifest=str(tmp_path / "m.parquet"), subsets=str(tmp_path / "subsets.parquet"),
+                       out_dirs=outs[:2])

@@ -12,7 +12,7 @@ def test_full_config_dry_run_fans_out_one_finetune_per_subset(tmp_path):
     jobs = planned_jobs(tmp_path)
     assert jobs["finetune_subset"] == 30
     assert jobs["evaluate_subset"] == 30
-    assert jobs["export_subset"] == 30
+    assert jobs["export_subsets"] == 1
     for rule in ("toy_world", "train_toy_reward", "train_toy_vlm", "import_dataset",
                  "train_selector", "spectral_clusters", "final_table", "merge_judgements"):
         assert jobs[rule] == 1, rule

@@ -11,7 +11,7 @@ from workflow_helpers import planned_jobs, tiny_config, write_config
 pytestmark = pytest.mark.slow
 
 EXPENSIVE = {"toy_world", "train_toy_clip", "train_toy_reward", "train_toy_vlm", "import_dataset", "score_model_shard", "score_text_shard",
-             "gather_scores", "embed_shard", "gather_features", "fit_pca", "make_subsets", "export_subset",
+             "gather_scores", "embed_shard", "gather_features", "fit_pca", "make_subsets", "export_subsets",
              "finetune_subset", "evaluate_subset", "collect_labels", "train_selector", "predict_quality"}
 
 

@@ -39,6 +39,7 @@ COMMANDS: dict[str, Command] = {
     "train-toy-vlm": Command("vlselect.toy.train_vlm:train_toy_vlm"),
     "import": Command("vlselect.dataset:import_dataset"),
     "export": Command("vlselect.dataset:export_dataset"),
+    "export-subsets": Command("vlselect.dataset:export_subsets", lists=("out_dirs",)),
     "score-clip": Command("vlselect.scoring.clip:score_clip"),
     "score-reward": Command("vlselect.scoring.reward:score_reward"),
     "score-length": Command("vlselect.scoring.length:score_length"),

@@ -385,6 +385,22 @@ def export_dataset(*, manifest: str, sample_ids_file: str, out_dir: str, format:
     return len(ids)
 
 
+def export_subsets(*, manifest: str, subsets: str, out_dirs: list[str], format: str = "cc_sbu_align",
+                   link: str = "hardlink") -> int:
+    """Write subset ``k`` of ``subsets`` (labels/subsets.parquet) as a training set into ``out_dirs[k]``, for every k.
+
+    One job writes every subset so that the subset fine-tunes all become ready at the same moment, which is what a
+    cluster scheduler needs to send them out as one job array. Each folder appears atomically. Returns the number
+    of examples written.
+    """
+    n = pd.read_parquet(subsets, columns=["subset"])["subset"].nunique()
+    if n != len(out_dirs):
+        raise ValueError(f"{subsets} holds {n} subsets but {len(out_dirs)} output folders were given; "
+                         "rerun make_subsets after changing labels.n_subsets")
+    return sum(export_dataset(manifest=manifest, sample_ids_file=subsets, out_dir=out_dir, format=format, link=link,
+                              subset=k) for k, out_dir in enumerate(out_dirs))
+
+
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 

@@ -35,6 +35,9 @@ def to_json(value):
     return json.dumps(value, sort_keys=True)
 
 
+# Training sets are written in the dataset's own layout where it carries more than cc_sbu_align can (LLaVA's
+# instructions and multi-turn conversations)
+EXPORT_FORMAT = "llava" if config["dataset"]["format"] == "llava" else "cc_sbu_align"
 FT_BACKEND = config["finetune"]["backend"]
 FT_MINIGPT4 = config["finetune"]["minigpt4"]
 

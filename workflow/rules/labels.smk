@@ -38,24 +38,24 @@ rule make_subsets:
         "--params {params.p:q} 2> {log}"
 
 
-rule export_subset:
+# One job writes every subset's training set, so the subset fine-tunes become ready together and a SLURM
+# profile sends them out as one job array (the plugin bundles only jobs that are ready in the same pass).
+rule export_subsets:
     input:
         manifest=f"{R}/manifest.parquet",
         subsets=f"{R}/labels/subsets.parquet",
     output:
-        directory(f"{R}/labels/subset_{{k}}"),
+        [directory(f"{R}/labels/subset_{k}") for k in SUBSETS],
     params:
-        p=as_json({"format": "cc_sbu_align"}),
-    wildcard_constraints:
-        k=r"\d+",
+        p=as_json({"format": EXPORT_FORMAT}),
     priority: LABEL_PRIORITY
     log:
-        f"{R}/logs/export_subset/{{k}}.log",
+        f"{R}/logs/export_subsets.log",
     benchmark:
-        f"{R}/benchmarks/export_subset/{{k}}.tsv"
+        f"{R}/benchmarks/export_subsets.tsv"
     shell:
-        "vlselect export --manifest {input.manifest} --sample-ids-file {input.subsets} --subset {wildcards.k} "
-        "--out-dir {output} --params {params.p:q} 2> {log}"
+        "vlselect export-subsets --manifest {input.manifest} --subsets {input.subsets} --out-dirs {output} "
+        "--params {params.p:q} 2> {log}"
 
 
 rule finetune_subset:
@@ -85,6 +85,9 @@ rule finetune_subset:
 rule evaluate_subset:
     input:
         model=f"{R}/labels/models/subset_{{k}}",
+        # every subset's model, though a job reads only its own: the evaluations then become ready together and go
+        # out as one job array, like the fine-tunes
+        all_models=expand(f"{R}/labels/models/subset_{{k}}", k=SUBSETS),
         base=VLM_INPUTS,
         suites=toy_inputs(SUITE_ROOT),
     output:

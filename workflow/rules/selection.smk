@@ -109,7 +109,7 @@ rule export_selection:
     output:
         directory(f"{R}/selection/{{sel}}/dataset"),
     params:
-        p=as_json({"format": "cc_sbu_align"}),
+        p=as_json({"format": EXPORT_FORMAT}),
     wildcard_constraints:
         sel=r"[a-z_]+\d*",
     log:

@@ -36,6 +36,9 @@ CLIENTS = ("sbatch", "srun", "squeue", "scancel", "sinfo", "scontrol")
 # would never be reported as finished, and the tests read every job of a run back from squeue at its end.
 # Two hours outlasts the slowest tiny run on a loaded machine (the plugin's status interval is at most 180 s).
 MIN_JOB_AGE_S = 7200
+# Stand-ins for the test node's GPU device files (see _write_files)
+GPU_DEVICE_FILES = ("/dev/null", "/dev/zero")
+N_GPUS = len(GPU_DEVICE_FILES)
 
 
 def _free_port():
@@ -101,13 +104,14 @@ class LocalSlurm:
 
     def jobs(self):
         """All jobs slurmctld still remembers (finished ones too, for MinJobAge s), as dicts with
-        id, name, comment (the Snakemake plugin writes rule_<rule>[_wildcards_<wc>]), partition, state."""
-        out = self.run("squeue", "--states=all", "--noheader", "--format=%i|%j|%k|%P|%T")
+        id, name, comment (the Snakemake plugin writes rule_<rule>[_wildcards_<wc>]), partition, state,
+        memory (the request, e.g. 100M) and tres (the GPUs asked for, e.g. gres:gpu:1; N/A for none)."""
+        out = self.run("squeue", "--states=all", "--noheader",
+                       "--Format=JobArrayID:|,Name:|,Comment:|,Partition:|,State:|,MinMemory:|,tres-per-job:")
         rows = []
         for line in out.splitlines():
-            job_id, name, comment, partition, state = line.strip().split("|")
-            rows.append({"id": job_id, "name": name, "comment": comment,
-                         "partition": partition, "state": state})
+            fields = [f.strip() for f in line.split("|")]
+            rows.append(dict(zip(("id", "name", "comment", "partition", "state", "memory", "tres"), fields)))
         return rows
 
     def start(self):
@@ -226,11 +230,17 @@ JobCompType=jobcomp/none
 MinJobAge={MIN_JOB_AGE_S}
 ReturnToService=2
 SchedulerType=sched/backfill
-NodeName={self.node} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={real_memory_mb} State=UNKNOWN
+GresTypes=gpu
+NodeName={self.node} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={real_memory_mb} Gres=gpu:{N_GPUS} State=UNKNOWN
 PartitionName=cpu Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
 PartitionName=gpu Nodes={self.node} Default=NO MaxTime=INFINITE State=UP
 """
         self.conf_path.write_text(conf)
+        # Two GPUs the scheduler grants and enforces --gpus/--gres requests against. slurm-wlm 22.05's gres/gpu
+        # counts a GPU only with a device file (with Count alone slurmd reports 0 and the node is drained), so two
+        # character devices every machine has stand in; no job opens them (task/none constrains no devices).
+        (self.conf_path.parent / "gres.conf").write_text(
+            "".join(f"NodeName={self.node} Name=gpu File={dev}\n" for dev in GPU_DEVICE_FILES))
         self._write_srun_shim()
 
     def _write_srun_shim(self):

@@ -44,12 +44,9 @@ def cluster(tmp_path_factory):
 
 
 def _override_profile(dest):
-    """A second profile: tests/slurm_smoke/override.yaml plus profiles/slurm's set-resources with
-    gpu=0 on every rule (the test node has no GPUs). Derived from the real profile so that its
-    partition choices are what the test checks."""
-    real = yaml.safe_load((SLURM_PROFILE / "config.yaml").read_text())
+    """A second profile: tests/slurm_smoke/override.yaml laid over profiles/slurm. The GPU rules keep
+    their GPU requests, which the test node's two GPUs (generic resources) grant and enforce."""
     override = yaml.safe_load((SMOKE / "override.yaml").read_text())
-    override["set-resources"] = {rule: {**res, "gpu": 0} for rule, res in real["set-resources"].items()}
     dest.mkdir(parents=True)
     (dest / "config.yaml").write_text(yaml.safe_dump(override))
     return dest
@@ -99,7 +96,9 @@ def test_profile_runs_jobs_through_sbatch_like_a_local_run(cluster, tmp_path):
 
     wf = _workflow_copy(tmp_path / "slurm")
     profiles = [SLURM_PROFILE, _override_profile(tmp_path / "override")]
-    proc = subprocess.run(_snakemake_cmd(profiles), cwd=wf, env=cluster.env(),
+    # embed_shard dies as if killed for memory below 200 MB; it asks for 100 MB x attempt
+    oom = ["--config", "oom_below_mb=200"]
+    proc = subprocess.run(_snakemake_cmd(profiles, *oom), cwd=wf, env=cluster.env(),
                           capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"{log[-6000:]}\n{cluster.log_tail()}"
@@ -112,7 +111,13 @@ def test_profile_runs_jobs_through_sbatch_like_a_local_run(cluster, tmp_path):
     for j in jobs:
         by_rule.setdefault(re.match(r"rule_([a-z_]+?)(_wildcards_.*)?$", j["comment"]).group(1), []).append(j)
     assert sorted(by_rule) == ["embed_shard", "finetune_subset", "toy_world"], jobs
-    assert all(j["state"] == "COMPLETED" for j in jobs), jobs
+    # The job killed for memory was resubmitted with twice the memory, and only then completed.
+    assert [(j["state"], j["memory"]) for j in sorted(by_rule["embed_shard"], key=lambda j: int(j["id"]))] == [
+        ("FAILED", "100M"), ("COMPLETED", "200M")], by_rule["embed_shard"]
+    assert all(j["state"] == "COMPLETED" for j in by_rule["toy_world"] + by_rule["finetune_subset"]), jobs
+    # GPU rules asked the scheduler for one GPU each; the CPU rule for none.
+    assert {j["tres"] for j in by_rule["embed_shard"] + by_rule["finetune_subset"]} == {"gres:gpu:1"}, jobs
+    assert by_rule["toy_world"][0]["tres"] in ("", "N/A"), jobs
     assert {j["partition"] for j in by_rule["toy_world"]} == {"cpu"}
     assert {j["partition"] for j in by_rule["embed_shard"] + by_rule["finetune_subset"]} == {"gpu"}
     # The two subsets went out as one job array (slurm-array-jobs in the profile): ids <job>_<task>.
@@ -124,9 +129,22 @@ def test_profile_runs_jobs_through_sbatch_like_a_local_run(cluster, tmp_path):
     assert {j["id"] for j in by_rule["toy_world"] + by_rule["embed_shard"]} <= log_ids, log_ids
 
     # Nothing left to do: Snakemake recorded every output as complete.
-    dry = subprocess.run(_snakemake_cmd(profiles, "--dry-run"), cwd=wf, env=cluster.env(),
+    dry = subprocess.run(_snakemake_cmd(profiles, *oom, "--dry-run"), cwd=wf, env=cluster.env(),
                          capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
     assert dry.returncode == 0 and "Nothing to be done" in dry.stdout + dry.stderr, dry.stdout + dry.stderr
+
+
+def test_the_scheduler_enforces_gpu_requests(cluster, tmp_path):
+    """The test node has two GPUs: a job asking for one runs, a job asking for three is refused at submission."""
+    def sbatch(*args):
+        return subprocess.run(["sbatch", "--parsable", "--partition=gpu", "--mem=50", "--output=/dev/null", *args,
+                               "--wrap", "true"], env=cluster.env(), capture_output=True, text=True, timeout=30)
+
+    ok = sbatch("--gpus=1")
+    assert ok.returncode == 0, ok.stderr
+    too_many = sbatch("--gpus=3")
+    assert too_many.returncode != 0 and "Requested node configuration is not available" in too_many.stderr
+    assert sbatch("--gres=gpu:3").returncode != 0
 
 
 def test_cancelled_job_is_retried_and_its_partial_output_discarded(cluster, tmp_path):
@@ -199,9 +217,12 @@ def test_tiny_workflow_through_the_profile_equals_the_local_run(cluster, tiny_ru
     for j in jobs:
         by_rule.setdefault(re.match(r"rule_([a-z_]+?)(_wildcards_.*)?$", j["comment"]).group(1), []).append(j)
     assert all(j["state"] == "COMPLETED" for j in jobs), jobs
-    # every rule of the run but `all` was a SLURM job, the GPU rules on the GPU partition
+    # every rule of the run but `all` and the network steps (network_local: GPT scoring's rule and the judge run on
+    # the submit host) was a SLURM job, the GPU rules on the GPU partition
     assert {"toy_world", "train_toy_vlm", "finetune_subset", "evaluate_subset", "train_selector", "select",
-            "finetune_final", "final_table", "judge_pair"} <= set(by_rule), sorted(by_rule)
+            "finetune_final", "final_table", "merge_judgements"} <= set(by_rule), sorted(by_rule)
+    assert not {"judge_pair", "score_text_shard"} & set(by_rule), sorted(by_rule)
+    assert (wd / "results" / "final" / "judge.json").exists()
     assert len(by_rule["finetune_subset"]) == config["labels"]["n_subsets"] > 2
     # one sbatch --array each for the subset fine-tunes and for their evaluations: every task of a rule carries the
     # same submission id (the workflow makes them ready together; the plugin bundles only what is ready at once)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from vlselect.evaluate import evaluate
-from vlselect.finetune import finetune_seeds
+from vlselect.vlm import finetune_seeds
 
 
 def remake_label(results: Path, cfg: dict, subset: int, seeds: list[int], setting: dict | None = None) -> dict:

@@ -2,8 +2,8 @@
 
 ``FakeOpenAI`` listens on 127.0.0.1 (port 0: the OS picks one) in a background thread and answers
 ``POST /v1/chat/completions``. What it answers is scripted per request by ``responder(prompt, n)``, where ``prompt``
-is the text of the last user message and ``n`` how many times this prompt was seen before (0 on the first request);
-it returns an action dict:
+is the text of the user messages (joined by newlines, so a follow-up carries the question it follows) and ``n`` how
+many times this prompt was seen before (0 on the first request); it returns an action dict:
 
 * ``{"text": "Score: 80"}``: a normal completion (usage counts ~4 characters per token);
 * ``{"status": 429, "retry_after": 1.0}``: rate limited; a retry of the same prompt that comes back before
@@ -15,7 +15,9 @@ it returns an action dict:
 * ``{"no_content": True}``: HTTP 200 JSON completion without message content.
 
 ``latency`` delays every reply. ``counts`` maps prompt -> requests received; ``stop()`` closes the socket, after
-which connections are refused. Requests without ``Authorization: Bearer <api_key>`` get 401.
+which connections are refused. Requests without ``Authorization: Bearer <api_key>`` get 401. ``formats`` lists the
+``response_format`` type of every request in arrival order ("text" without one); a request whose type is in
+``refuse_formats`` gets 400, as from an endpoint without that structured-output mode.
 """
 
 from __future__ import annotations
@@ -29,10 +31,12 @@ from typing import Callable
 
 class FakeOpenAI:
     def __init__(self, responder: Callable[[str, int], dict] | None = None, latency: float = 0.0,
-                 api_key: str | None = None):
+                 api_key: str | None = None, refuse_formats: tuple[str, ...] = ()):
         self.responder = responder or (lambda prompt, n: {"text": "Score: 50"})
         self.latency = latency
         self.api_key = api_key
+        self.refuse_formats = set(refuse_formats)
+        self.formats: list[str] = []
         self.counts: dict[str, int] = {}
         self.early_retries = 0
         self.image_urls: dict[str, list[str]] = {}  # prompt -> image data URLs sent with it
@@ -74,6 +78,11 @@ class FakeOpenAI:
         if self.api_key is not None and auth != f"Bearer {self.api_key}":
             return 401, {}, json.dumps({"error": {"message": "invalid api key", "type": "auth"}}).encode()
         request = json.loads(body)
+        kind = (request.get("response_format") or {}).get("type", "text")
+        with self._lock:
+            self.formats.append(kind)
+        if kind in self.refuse_formats:
+            return 400, {}, _error(f"response_format of type {kind!r} is not supported by this model")
         prompt = _user_text(request["messages"])
         now = time.monotonic()
         with self._lock:
@@ -157,8 +166,7 @@ def _all_text(messages: list[dict]) -> list[str]:
 
 
 def _user_text(messages: list[dict]) -> str:
-    user = [m for m in messages if m["role"] == "user"][-1]
-    return "\n".join(_all_text([user]))
+    return "\n".join(_all_text([m for m in messages if m["role"] == "user"]))
 
 
 def _image_urls(messages: list[dict]) -> list[str]:

@@ -255,3 +255,38 @@ def test_small_broken_dataset_quarantines_exactly_the_broken(tmp_path):
     with pytest.raises(ValueError, match="max_bad_fraction=0.04"):
         _import(tmp_path / "root", tmp_path / "out2", max_bad_fraction=0.04)
     assert (tmp_path / "out2" / "quarantine.parquet").exists() and (tmp_path / "out2" / "manifest.parquet").exists()
+
+
+def test_tripped_import_keeps_the_quarantine_outside_its_outputs(tmp_path):
+    expected = bad.build_broken_cc_sbu_align(tmp_path / "root", tmp_path / "outside", n=30, n_broken=6)
+    out, copy = tmp_path / "out", tmp_path / "logs" / "quarantine_rejected.parquet"
+    with pytest.raises(ValueError) as err:
+        _import(tmp_path / "root", out, max_bad_fraction=0.05, quarantine_copy=str(copy))
+    assert f"Inspect {copy} " in str(err.value)
+    shutil.rmtree(out)  # what a workflow does with a failed job's outputs
+    rejected = pd.read_parquet(copy)
+    assert dict(zip(rejected["sample_id"], rejected["reason"])) == expected
+    # a later import that passes removes the copy, so one on disk always describes the last, failed import
+    _import(tmp_path / "root", out, max_bad_fraction=0.5, quarantine_copy=str(copy))
+    assert not copy.exists()
+
+
+def test_tripped_import_through_snakemake_leaves_the_quarantine_in_logs(tmp_path):
+    """Snakemake deletes the failed import's outputs; the rule's quarantine copy under logs/ survives them."""
+    from workflow_helpers import snakemake, tiny_config, write_config
+
+    expected = bad.build_broken_cc_sbu_align(tmp_path / "data", tmp_path / "outside", n=30, n_broken=6)
+    models = tmp_path / "models"  # named only: importing needs none of them
+    config = tiny_config(**{"results": str(tmp_path / "results"), "dataset.format": "cc_sbu_align",
+                            "dataset.root": str(tmp_path / "data"), "models.clip.pretrained": str(models / "clip"),
+                            "models.reward.path": str(models / "reward"), "models.vlm.path": str(models / "vlm"),
+                            "evaluate.suite_root": str(tmp_path / "suites"), "judge.backend": "none"})
+    write_config(tmp_path, config)
+    result = snakemake(tmp_path, "--cores", "1", str(tmp_path / "results" / "manifest.parquet"), check=False)
+    assert result.returncode != 0
+    results = tmp_path / "results"
+    assert not (results / "quarantine.parquet").exists() and not (results / "manifest.parquet").exists()
+    copy = results / "logs" / "quarantine_rejected.parquet"
+    assert f"Inspect {copy} " in (results / "logs" / "import_dataset.log").read_text()
+    rejected = pd.read_parquet(copy)
+    assert dict(zip(rejected["sample_id"], rejected["reason"])) == expected

@@ -11,7 +11,7 @@ from PIL import Image
 
 from test_vlm_finetune import draw_example, make_base_model, make_train_dir
 from vlselect.evaluate import evaluate
-from vlselect.finetune import finetune, finetune_seeds
+from vlselect.vlm import finetune, finetune_seeds
 from vlselect.suites import load_suite, mc_correct, normalise, vqa_correct
 
 torch.set_num_threads(1)
@@ -99,7 +99,7 @@ def test_evaluate_writes_contract_json_and_is_batch_invariant(setup):
     for s in big["suites"].values():
         assert s["n"] == 12 and len(s["items"]) == 12
         assert s["accuracy"] == pytest.approx(np.mean([it["correct"] for it in s["items"]]))
-        assert set(s["items"][0]) == {"id", "question", "reference", "prediction", "correct"}
+        assert set(s["items"][0]) == {"id", "question", "reference", "prediction", "correct", "image"}
     assert big["mean"] == pytest.approx(np.mean([s["accuracy"] for s in big["suites"].values()]))
     # left padding in batched generation must not change any answer
     small = evaluate(model_dir=str(tmp / "ft"), suites=["toy-vqa", "toy-mc"], out=str(tmp / "e2.json"),
@@ -137,3 +137,43 @@ def test_evaluate_base_model_dir_and_errors(setup):
                  device="cpu")
     with pytest.raises(FileNotFoundError, match="neither"):
         evaluate(model_dir=str(tmp), suites=["toy-vqa"], out=str(tmp / "x.json"), suite_root=str(suites))
+
+
+@pytest.mark.skipif(shutil.which("java") is None, reason="pycocoevalcap's PTB tokenizer needs java")
+def test_evaluate_scores_a_caption_suite_at_corpus_level(setup):
+    from test_suites import test_flickr30k_karpathy_reader
+    from vlselect.suites import caption_scores
+
+    tmp, base, _ = setup
+    root = tmp / "flickr"
+    test_flickr30k_karpathy_reader(root)  # writes a Karpathy-layout Flickr30k with one test image
+    spec = {"name": "flickr30k", "format": "flickr30k", "path": str(root), "split": "test"}
+    report = evaluate(model_dir=str(tmp / "ft"), suites=[spec], out=str(tmp / "cap.json"), batch_size=4,
+                      max_new_tokens=6, device="cpu")
+    result = report["suites"]["flickr30k"]
+    _, items = load_suite(spec)
+    cider, per_item = caption_scores(items, [it["prediction"] for it in result["items"]])["cider"]
+    assert result["accuracy"] == pytest.approx(cider) and [it["correct"] for it in result["items"]] == per_item
+    assert result["items"][0]["image"] == items[0].image_path
+
+
+def test_a_judged_suite_keeps_its_answers_and_stays_out_of_the_mean(setup):
+    """LLaVA-Bench-like suites have no automatic score: their answers are kept for the judge, accuracy is None,
+    and the mean is over the scored suites only, for one model and for a dir of seeds alike."""
+    tmp, base, suites = setup
+    judged = suites / "toy-judged"
+    (judged / "images").mkdir(parents=True, exist_ok=True)
+    lines = (suites / "toy-vqa" / "val.jsonl").read_text().splitlines()
+    rows = [json.loads(line) | {"metric": "judged"} for line in lines]
+    for row in rows:
+        shutil.copy(suites / "toy-vqa" / row["image"], judged / row["image"])
+    (judged / "val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    seeds = tmp / "seeds_for_judged"
+    for s in (0, 1):
+        shutil.copytree(tmp / "ft", seeds / f"seed_{s}", dirs_exist_ok=True)
+    for model_dir in (tmp / "ft", seeds):
+        out = evaluate(model_dir=str(model_dir), suites=["toy-vqa", "toy-judged"], out=str(tmp / "judged.json"),
+                       suite_root=str(suites), batch_size=16, max_new_tokens=6, device="cpu")
+        assert out["suites"]["toy-judged"]["accuracy"] is None
+        assert out["mean"] == pytest.approx(out["suites"]["toy-vqa"]["accuracy"])
+    assert len(out["seeds"]["0"]["suites"]["toy-judged"]["items"]) == 12

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -14,15 +15,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from PIL import Image
 
 from fake_openai import FakeOpenAI
+from workflow_helpers import REPO, snakemake, write_config
 from vlselect.io import read_parquet_metadata, sha256_file, write_parquet
-from vlselect.scoring.gpt import SKIP_MESSAGE, parse_score, score_gpt
+from vlselect.scoring.gpt import REASK, SKIP_MESSAGE, read_score, score_gpt
 
 KEY = "sk-test-PLANTED-SECRET-123"
 ENV = "VLSELECT_TEST_OPENAI_KEY"
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -59,11 +61,130 @@ def run(srv, manifest, out, cache, **kw):
     return pd.read_parquet(out), read_parquet_metadata(out)
 
 
-def test_parse_score_is_strict():
-    assert parse_score("Score: 87\nbecause") == 87.0
-    assert parse_score("  Score:100.") == 100.0
-    for bad in ("score 87", "I give it Score: 80", "Score: 101", "Score: eighty", "", None, "Score: 8.5"):
-        assert parse_score(bad) is None
+# The forms real models reply in when asked for a score; each holds exactly one score.
+FREE_TEXT = {
+    "85": 85, "85.": 85, "Score: 85/100": 85, "**Score: 85**": 85, "**Score:** 85\nGood detail.": 85,
+    "score: 85": 85, "SCORE = 85": 85, "The score is 85.": 85, "85 out of 100": 85, "I rate it 85/100.": 85,
+    "Score: 85\nThe answer names 3 shapes.": 85, "Score: 85\nIn short, 85/100.": 85,
+    '{"score": 85, "reason": "accurate"}': 85, '```json\n{"score": 85}\n```': 85,
+    '{"score": 85, "reason": "accurate but cut sh': 85, '{"Score": "85"}': 85, "Score: 0": 0, "  Score:100.": 100,
+}
+# Replies that do not say one score on the 0-100 scale: failures, never guessed at.
+AMBIGUOUS = ["Score: 80\nOn reflection, 90/100.", "Accuracy score: 90, detail score: 70", "85\nScore: 60",
+             '{"score": 8.5}', "Score: 8/10", "Score: 8.5", "Score: 101", "I would give it about eighty.",
+             "3 circles are red", '{"rating": 85}', '{"score": true}', "***", "```\n```", "", None]
+
+
+@pytest.mark.parametrize("reply", FREE_TEXT)
+def test_read_score_takes_the_usual_free_text_forms(reply):
+    assert read_score(reply) == (FREE_TEXT[reply], "")
+
+
+@pytest.mark.parametrize("reply", AMBIGUOUS)
+def test_read_score_refuses_ambiguous_replies(reply):
+    value, problem = read_score(reply)
+    assert value is None and problem
+
+
+def test_free_text_and_ambiguous_replies_through_the_client(tmp_path):
+    """Each form as the endpoint's reply: the free-text ones are scored, the ambiguous ones fail with the reply kept."""
+    forms = list(FREE_TEXT.items())[:6] + [(AMBIGUOUS[0], None), (AMBIGUOUS[4], None)]
+    manifest = make_manifest(tmp_path, len(forms))
+    with FakeOpenAI(lambda prompt, n: {"text": forms[number(prompt) - 10][0]}) as srv:
+        df, meta = run(srv, manifest, tmp_path / "g.parquet", tmp_path / "c", max_reasks=0, max_failed_fraction=1.0)
+    expected = [np.nan if v is None else float(v) for _, v in forms]
+    np.testing.assert_array_equal(df["score"].to_numpy(), expected)
+    assert df["status"].tolist() == ["ok"] * 6 + ["failed"] * 2
+    assert df["raw"].tolist()[6:] == [AMBIGUOUS[0], AMBIGUOUS[4]]
+    assert df["reason"][6] == "unparseable: different scores in one reply (80, 90)"
+    assert df["reason"][7] == "unparseable: a score on another scale (8/10)"
+
+
+def json_reply(prompt: str, n: int) -> dict:
+    return {"text": f'{{"score": {number(prompt)}, "reason": "fine"}}'}
+
+
+@pytest.mark.parametrize("refused, used", [((), "json_schema"), (("json_schema",), "json_object"),
+                                           (("json_schema", "json_object"), "text")])
+def test_structured_output_falls_back_when_the_endpoint_refuses_it(tmp_path, refused, used):
+    manifest = make_manifest(tmp_path, 4)
+    with FakeOpenAI(json_reply, refuse_formats=refused) as srv:
+        df, meta = run(srv, manifest, tmp_path / "g.parquet", tmp_path / "c", concurrency=1)
+    assert df["score"].tolist() == [10.0, 11.0, 12.0, 13.0] and set(df["status"]) == {"ok"}
+    # each refused mode is tried once, then the next one for the rest of the run
+    assert srv.formats == list(refused) + [used] * 4
+    assert meta["response_format"] == used and meta["requests_sent"] == len(refused) + 4
+
+
+def test_structured_false_sends_no_response_format(tmp_path):
+    manifest = make_manifest(tmp_path, 2)
+    with FakeOpenAI(scripted) as srv:
+        df, meta = run(srv, manifest, tmp_path / "g.parquet", tmp_path / "c", structured=False)
+    assert srv.formats == ["text", "text"] and meta["response_format"] == "text" and set(df["status"]) == {"ok"}
+
+
+def test_unreadable_reply_is_re_asked_then_failed(tmp_path):
+    """An unreadable reply gets a short follow-up; one that stays unreadable fails after max_reasks follow-ups."""
+    manifest = make_manifest(tmp_path, 3)
+    followups = []
+
+    def responder(prompt, n):
+        k = number(prompt)
+        if REASK in prompt:
+            followups.append(prompt)
+            return {"text": "Still thinking about it."} if k == 12 else {"text": f'{{"score": {k}}}'}
+        return {"text": scripted(prompt, n)["text"] if k == 10 else "It deserves a high mark."}
+
+    with FakeOpenAI(responder) as srv:
+        df, meta = run(srv, manifest, tmp_path / "g.parquet", tmp_path / "c", max_reasks=2, max_failed_fraction=1.0)
+    assert df["status"].tolist() == ["ok", "ok", "failed"] and df["score"].tolist()[:2] == [10.0, 11.0]
+    assert df["reason"][2] == "unparseable: no score found (after 2 re-asks)"
+    assert df["raw"][2] == "Still thinking about it."
+    assert meta["reasks"] == 3 and meta["requests_sent"] == 1 + 2 + 3 == srv.total
+    assert all(p.endswith(REASK) for p in followups)
+
+
+def test_cached_failures_are_asked_again_only_with_retry_failed(tmp_path):
+    manifest = make_manifest(tmp_path, 4)
+    model_fixed = False
+
+    def responder(prompt, n):
+        k = number(prompt)
+        return scripted(prompt, n) if k < 12 or model_fixed else {"text": "Excellent answer!"}
+
+    cache = tmp_path / "c"
+    with FakeOpenAI(responder) as srv:
+        df, _ = run(srv, manifest, tmp_path / "g1.parquet", cache, max_reasks=0, max_failed_fraction=1.0)
+        assert df["status"].tolist() == ["ok", "ok", "failed", "failed"] and srv.total == 4
+        model_fixed = True
+        # the unreadable replies are cached: a plain re-run keeps them and pays nothing
+        df, meta = run(srv, manifest, tmp_path / "g2.parquet", cache, max_reasks=0, max_failed_fraction=1.0)
+        assert df["status"].tolist() == ["ok", "ok", "failed", "failed"]
+        assert meta["requests_sent"] == 0 and srv.total == 4
+        df, meta = run(srv, manifest, tmp_path / "g3.parquet", cache, max_reasks=0, retry_failed=True)
+        assert df["score"].tolist() == [10.0, 11.0, 12.0, 13.0] and set(df["status"]) == {"ok"}
+        assert meta["requests_sent"] == 2 == meta["retried_failed"] and meta["cache_hits"] == 2
+        # the new replies replaced the failures in the cache
+        _, meta = run(srv, manifest, tmp_path / "g4.parquet", cache, retry_failed=True)
+        assert meta["requests_sent"] == 0 and meta["cache_hits"] == 4
+
+
+def test_failure_share_over_the_limit_stops_with_what_to_do(tmp_path):
+    manifest = make_manifest(tmp_path, 8)
+
+    def responder(prompt, n):  # 2 of 8 unreadable: 25%
+        return {"text": "A fine answer overall."} if number(prompt) in (11, 14) else scripted(prompt, n)
+
+    with FakeOpenAI(responder) as srv:
+        with pytest.raises(RuntimeError) as err:
+            run(srv, manifest, tmp_path / "g.parquet", tmp_path / "c", max_reasks=0, max_failed_fraction=0.2)
+        msg = str(err.value)
+        assert "2 of 8 answered examples failed" in msg and "max_failed_fraction=0.2" in msg
+        assert "'A fine answer overall.'" in msg and "s001" in msg  # the reply is quoted: Snakemake deletes the file
+        assert "scoring.gpt.retry_failed: true" in msg and "scoring.gpt.enabled: false" in msg
+        # at or under the limit the run goes on, the failures recorded
+        df, _ = run(srv, manifest, tmp_path / "g2.parquet", tmp_path / "c", max_reasks=0, max_failed_fraction=0.25)
+    assert (df["status"] == "failed").sum() == 2
 
 
 def test_scripted_scores_then_cache(tmp_path):
@@ -125,7 +246,8 @@ def test_500_retried_then_ok_or_failed(tmp_path):
         return {"status": 503} if n < 2 else scripted(prompt, n)
 
     with FakeOpenAI(responder) as srv:
-        df, meta = run(srv, manifest, tmp_path / "g.parquet", tmp_path / "c", max_retries=2)
+        df, meta = run(srv, manifest, tmp_path / "g.parquet", tmp_path / "c", max_retries=2,
+                       max_failed_fraction=1.0)
     assert df["status"].tolist() == ["failed", "ok", "ok", "ok"]
     assert df["reason"][0].startswith("server_error") and np.isnan(df["score"][0])
     assert set(srv.counts.values()) == {3} and meta["requests_sent"] == 12
@@ -138,7 +260,8 @@ def test_timeout_retried_then_failed(tmp_path):
         return {"delay": 3.0, "text": "Score: 99"} if number(prompt) == 10 else scripted(prompt, n)
 
     with FakeOpenAI(responder) as srv:
-        df, _ = run(srv, manifest, tmp_path / "g.parquet", tmp_path / "c", timeout_s=0.5, max_retries=1)
+        df, _ = run(srv, manifest, tmp_path / "g.parquet", tmp_path / "c", timeout_s=0.5, max_retries=1,
+                    max_failed_fraction=1.0)
         counts = dict(srv.counts)
     assert df["status"].tolist() == ["failed", "ok"] and df["reason"][0].startswith("timeout")
     assert sorted(counts.values()) == [1, 2]
@@ -152,7 +275,7 @@ def test_malformed_replies_fail_with_raw_kept(tmp_path):
                                                                                           scripted(prompt, n))
 
     with FakeOpenAI(responder) as srv:
-        df, meta = run(srv, manifest, tmp_path / "g.parquet", tmp_path / "c")
+        df, meta = run(srv, manifest, tmp_path / "g.parquet", tmp_path / "c", max_failed_fraction=1.0)
     assert df["status"].tolist() == ["failed", "failed", "ok"] and df["score"][:2].isna().all()
     assert df["raw"][0] == "I would give it about eighty." and "not json" in df["raw"][1]
     assert meta["counts"] == {"failed": 2, "ok": 1}
@@ -259,7 +382,7 @@ def test_killed_run_resumes_without_repeating_cached_requests(tmp_path):
     manifest = make_manifest(tmp_path, n)
     cache = tmp_path / "cache"
     with FakeOpenAI(scripted, latency=0.2) as srv:
-        env = os.environ | {"PYTHONPATH": str(ROOT / "src")}
+        env = os.environ | {"PYTHONPATH": str(REPO / "src")}
         proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, manifest, str(tmp_path / "g.parquet"), str(cache),
                                  srv.base_url, ENV], env=env, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
@@ -276,3 +399,14 @@ def test_killed_run_resumes_without_repeating_cached_requests(tmp_path):
         # only the uncached examples were asked again: none of the cached ones was repeated
         assert meta["requests_sent"] == srv.total - before == n - cached and meta["cache_hits"] == cached
         assert sum(c == 2 for c in srv.counts.values()) <= 2  # at most the requests in flight at the kill
+
+
+def test_the_workflow_hands_the_reply_settings_to_the_step(tmp_path):
+    settings = {"retry_failed": True, "max_failed_fraction": 0.5, "max_reasks": 1, "structured": False}
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["scoring"]["gpt"] |= settings
+    write_config(tmp_path, config)
+    out = snakemake(tmp_path, "-n", "-p").stdout
+    command = next(line for line in out.splitlines() if "vlselect score-gpt" in line)
+    params = json.loads(command.split("--params '")[1].split("'")[0])
+    assert {k: params[k] for k in settings} == settings

@@ -133,3 +133,49 @@ def test_none_backend_records_skip(tmp_path):
     judge(eval_a=a, eval_b=a, out=str(tmp_path / "j.json"), backend="none")
     saved = read_json(tmp_path / "j.json")
     assert saved["counts"] == {"win": 0, "tie": 0, "loss": 0} and "none" in saved["skipped"]
+
+
+def test_llava_bench_rules_with_the_image_attached_both_orders_cached(tmp_path, monkeypatch):
+    import base64
+
+    from test_suites import write_llava_bench
+    from vlselect.suites import load_suite
+
+    monkeypatch.setenv(ENV, KEY)
+    bench = write_llava_bench(tmp_path / "llava-bench")
+    _, items = load_suite({"name": "llava-bench", "format": "llava_bench", "path": str(bench)}, split="test")
+
+    def write(path, predictions):  # the rows evaluate() writes: image and meta go along for the judge
+        rows = [{"id": it.id, "question": it.question, "reference": it.answer, "prediction": p, "correct": None,
+                 "image": it.image_path, "meta": it.meta} for it, p in zip(items, predictions)]
+        write_json({"suites": {"llava-bench": {"accuracy": None, "n": len(rows), "items": rows}}, "split": "test"},
+                   path)
+        return str(path)
+
+    # a rule file in rule.json's layout: category -> role and prompt
+    rules = {f"llava_bench_{c}": {"role": "Assistant", "prompt": f"RULE-{c}: rate both from 1 to 10."}
+             for c in ("conv", "detail", "complex")}
+    (tmp_path / "rule.json").write_text(json.dumps(rules))
+    a = write(tmp_path / "a.json", ["GOOD: a square that is red", "GOOD detail"])
+    b = write(tmp_path / "b.json", ["bad", "GOOD too"])
+    kw = dict(eval_a=a, eval_b=b, backend="openai", suite="llava-bench", cache_dir=str(tmp_path / "cache"),
+              api_key_env=ENV, backoff_s=0.01, max_retries=1, images=True, rules=str(tmp_path / "rule.json"))
+    with FakeOpenAI(fake_judge, api_key=KEY) as srv:
+        report = judge(out=str(tmp_path / "j.json"), base_url=srv.base_url, **kw)
+        assert srv.total == 4 and len(srv.counts) == 4  # two questions, each in both orders
+        image_url = "data:image/jpeg;base64," + base64.b64encode((bench / "images" / "001.jpg").read_bytes()).decode()
+        assert all(urls == [image_url] for urls in srv.image_urls.values())
+        prompts = list(srv.counts)
+        assert all(p.startswith("[Context]\nA red square on black.\n\n[Question]\n") for p in prompts)
+        assert sum("RULE-complex" in p for p in prompts) == 2 and sum("RULE-detail" in p for p in prompts) == 2
+        orders = {_answers(p) for p in prompts if "RULE-complex" in p}
+        assert orders == {("GOOD: a square that is red", "bad"), ("bad", "GOOD: a square that is red")}
+        assert report["counts"] == {"win": 1, "tie": 1, "loss": 0}
+        # A scores 8 + 8, B 3 + 8 (each the mean over both orders): LLaVA-Bench's relative score 100 * 16 / 11
+        assert report["relative_score"] == pytest.approx(145.5)
+        again = judge(out=str(tmp_path / "j2.json"), base_url=srv.base_url, **kw)
+        assert srv.total == 4 and again["requests_sent"] == 0 and again["cache_hits"] == 4
+        assert again["counts"] == report["counts"]
+        # without the image the same text is a different request, not answered from the image-bearing cache entries
+        judge(out=str(tmp_path / "j3.json"), base_url=srv.base_url, **(kw | {"images": False}))
+        assert srv.total == 8 and all(srv.counts[p] == 2 and srv.image_urls[p] == [] for p in prompts)

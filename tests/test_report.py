@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -158,6 +159,21 @@ def test_final_table_rows_columns_and_seed_statistics(world):
     sel_vqa = [acc[f"selector_seed{s}"]["toy-vqa"] for s in range(3)]
     assert f"{np.mean(sel_vqa):.3f} ± {np.std(sel_vqa, ddof=1):.3f}" in lines[3]
     assert "±" not in lines[2]  # the base model ran once
+
+
+def test_final_table_leaves_out_a_judged_suite(world, tmp_path):
+    """LLaVA-Bench's eval has accuracy None: the judge compares its answers, the table shows the scored suites."""
+    evals = []
+    for path in world["evals"]:
+        data = json.loads(Path(path).read_text())
+        data["suites"]["llava-bench"] = {"accuracy": None, "n": 60, "items": []}
+        (tmp_path / Path(path).name).write_text(json.dumps(data))
+        evals.append(str(tmp_path / Path(path).name))
+    report.final_table(evals=evals, out_csv=str(tmp_path / "t.csv"), out_md=str(tmp_path / "t.md"),
+                       suites_order=SUITES)
+    table = pd.read_csv(tmp_path / "t.csv").set_index("method")
+    assert not [c for c in table.columns if c.startswith("llava-bench")]
+    assert table.loc["base", "Average_mean"] == pytest.approx(np.mean(list(world["acc"]["base"].values())))
 
 
 def test_final_table_default_order_is_alphabetical(world):

@@ -5,7 +5,7 @@ import re
 import pytest
 import yaml
 
-from vlselect.config import ConfigError, check_real_run, validate_config
+from vlselect.config import ConfigError, check_gpu_counts, check_real_run, validate_config
 from vlselect.resources import checkpoint_mb, group_resources, memory_mb
 from workflow_helpers import REPO, snakemake
 
@@ -57,6 +57,17 @@ def test_a_real_run_without_model_paths_is_refused_when_the_dag_is_built():
         check_real_run(config)
     for key in ("dataset.root", "models.vlm.path", "judge.backend"):
         assert key in str(err.value)
+
+
+def test_a_fine_tune_asks_for_as_many_gpus_as_it_runs_processes():
+    config = validate_config(_real_config("llava.yaml"))
+    config["finetune"]["gpus"] = 4
+    with pytest.raises(ConfigError, match="resources.finetune.gpus is 1 but finetune.gpus is 4"):
+        check_gpu_counts(config)
+    config["resources"]["finetune"]["gpus"] = 4
+    check_gpu_counts(config)
+    config["resources"]["finetune"]["gpus"] = 0  # a CPU fine-tune asks for none
+    check_gpu_counts(config)
 
 
 def test_slurm_dry_run_of_a_real_config_sizes_gpu_jobs_from_the_checkpoint(tmp_path):

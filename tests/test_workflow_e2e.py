@@ -4,6 +4,7 @@ import json
 
 import pandas as pd
 import pytest
+import yaml
 
 from vlselect.dataset import import_dataset
 from workflow_helpers import planned_jobs, tiny_config, write_config
@@ -78,3 +79,23 @@ def test_selection_changes_rerun_only_selection_and_what_follows(run, key, value
         write_config(workdir, tiny_config())
     assert jobs.get("select", 0) >= 1 and jobs.get("finetune_final", 0) >= 1 and jobs.get("final_table") == 1
     assert not EXPENSIVE & set(jobs), sorted(EXPENSIVE & set(jobs))
+
+
+def test_weights_given_with_config_on_the_command_line_plan_the_same_jobs_as_an_override_file(run):
+    """Snakemake hands a nested `--config` value over as strings ("2.0"); validation converts them to the numbers
+    the schema wants, so the command line and a second config file plan the same selection jobs and nothing upstream.
+    """
+    workdir, config = run
+    weights = {"clip": 2.0, "reward": 1.0, "length": 0.5}  # gpt left out: both ways merge into config.yaml key by key
+    override = workdir / "weights_override.yaml"
+    override.write_text(yaml.safe_dump({"selection": {"weights": weights}}))
+    try:
+        from_file = planned_jobs(workdir, "--configfile", str(workdir / "config.yaml"), str(override))
+    finally:
+        override.unlink()
+    from_command_line = planned_jobs(workdir, "--config", f"selection={json.dumps({'weights': weights})}")
+    # the weights reach the `weights` and `no_cluster` selections only; `weights` is also a final method here
+    seeds = config["final"]["seeds"]
+    assert from_command_line == from_file == {"select": 2, "export_selection": 2, "finetune_final": seeds,
+                                              "evaluate_final": seeds, "final_table": 1, "plot_final_table": 1,
+                                              "all": 1}

@@ -7,6 +7,11 @@ is how the Snakemake rules hand over their ``params:``. Example::
 
     vlselect score-length --manifest results/manifest.parquet \\
         --out results/scores/length.parquet --params '{"unit": "chars", "max_len": 1009}'
+
+Arguments are checked before the step runs: an unknown or missing one is answered with the step's allowed
+arguments, and a value that the config schema describes (a step's ``schema`` section) is checked against it. A
+user's mistake, there or in the step (a ValueError or a missing file), ends in a one-line message; ``--debug``
+shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -22,10 +27,15 @@ from dataclasses import dataclass
 from vlselect.runtime import setup_logging
 
 
+class UsageError(Exception):
+    """A mistake in a command line: reported in one line, with a traceback only under --debug."""
+
+
 @dataclass(frozen=True)
 class Command:
     target: str  # "module:function"
     lists: tuple[str, ...] = ()  # options that take several values
+    schema: str = ""  # the config section (dotted) its --params come from; the schema checks their values
 
     def function(self):
         module, name = self.target.split(":")
@@ -37,24 +47,26 @@ COMMANDS: dict[str, Command] = {
     "train-toy-clip": Command("vlselect.toy.train_clip:train_toy_clip"),
     "train-toy-reward": Command("vlselect.toy.train_reward:train_toy_reward"),
     "train-toy-vlm": Command("vlselect.toy.train_vlm:train_toy_vlm"),
-    "import": Command("vlselect.dataset:import_dataset"),
+    "convert-minigpt4": Command("vlselect.vlm.minigpt4:convert_minigpt4"),
+    "build-tiny-vlm": Command("vlselect.vlm.tiny:build_tiny_vlm"),
+    "import": Command("vlselect.dataset:import_dataset", schema="dataset"),
     "export": Command("vlselect.dataset:export_dataset"),
     "export-subsets": Command("vlselect.dataset:export_subsets", lists=("out_dirs",)),
     "score-clip": Command("vlselect.scoring.clip:score_clip"),
     "score-reward": Command("vlselect.scoring.reward:score_reward"),
-    "score-length": Command("vlselect.scoring.length:score_length"),
-    "score-gpt": Command("vlselect.scoring.gpt:score_gpt"),
+    "score-length": Command("vlselect.scoring.length:score_length", schema="scoring.length"),
+    "score-gpt": Command("vlselect.scoring.gpt:score_gpt", schema="scoring.gpt"),
     "import-scores": Command("vlselect.selection:import_scores"),
     "gather": Command("vlselect.shards:gather", lists=("inputs",)),
     "gather-features": Command("vlselect.shards:gather_features", lists=("inputs",)),
     "embed": Command("vlselect.features:embed"),
     "fit-pca": Command("vlselect.features:fit_pca"),
     "make-subsets": Command("vlselect.subsets:make_subsets", lists=("scores",)),
-    "finetune": Command("vlselect.finetune:finetune"),
-    "finetune-seeds": Command("vlselect.finetune:finetune_seeds"),
+    "finetune": Command("vlselect.vlm.train:finetune", schema="finetune"),
+    "finetune-seeds": Command("vlselect.vlm.train:finetune_seeds", schema="finetune"),
     "evaluate": Command("vlselect.evaluate:evaluate"),
     "collect-labels": Command("vlselect.labels:collect_labels", lists=("evals",)),
-    "train-selector": Command("vlselect.selector:train_selector", lists=("scores",)),
+    "train-selector": Command("vlselect.selector:train_selector", lists=("scores",), schema="selection.selector"),
     "predict": Command("vlselect.selector:predict", lists=("scores",)),
     "spectral-clusters": Command("vlselect.selection:spectral_clusters"),
     "select": Command("vlselect.selection:select", lists=("scores",)),
@@ -93,17 +105,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _coerce(value: str, hint) -> object:
+def _coerce(key: str, value: str, hint) -> object:
     """Command-line values are strings; convert those the function declares as int or float."""
     types = typing.get_args(hint) or (hint,)
     for kind in (int, float):
         if kind in types:
-            return kind(value)
+            try:
+                return kind(value)
+            except ValueError as exc:
+                raise UsageError(f"option --{key.replace('_', '-')} takes {kind.__name__}, got {value!r}") from exc
     return value
 
 
 def _parse_options(command: Command, argv: list[str]) -> dict:
-    """Turn ``--some-name value [value ...]`` pairs into keyword arguments."""
+    """Turn ``--some-name value [value ...]`` pairs and ``--params`` into checked keyword arguments."""
     kwargs: dict = {}
     key = None
     for token in argv:
@@ -111,26 +126,69 @@ def _parse_options(command: Command, argv: list[str]) -> dict:
             key = token[2:].replace("-", "_")
             kwargs.setdefault(key, [])
         elif key is None:
-            raise SystemExit(f"vlselect: unexpected argument {token!r}; options look like --name value")
+            raise UsageError(f"unexpected argument {token!r}; options look like --name value")
         else:
             kwargs[key].append(token)
     params = kwargs.pop("params", None)
-    hints = typing.get_type_hints(command.function())
+    function = command.function()
+    hints = typing.get_type_hints(function)
     out = {}
     for k, values in kwargs.items():
         if k in command.lists:
             out[k] = values
         elif len(values) == 1:
-            out[k] = _coerce(values[0], hints.get(k))
+            out[k] = _coerce(k, values[0], hints.get(k))
         else:
-            raise SystemExit(f"vlselect: option --{k} takes exactly one value, got {len(values)}")
+            raise UsageError(f"option --{k} takes exactly one value, got {len(values)}")
+    extra = {}
     if params:
-        extra = json.loads(params[0])
+        try:
+            extra = json.loads(params[0])
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"--params is not valid JSON ({exc}): {params[0]!r}") from exc
+        if not isinstance(extra, dict):
+            raise UsageError(f"--params must be a JSON object of settings, got {params[0]!r}")
         clash = set(extra) & set(out)
         if clash:
-            raise SystemExit(f"vlselect: {sorted(clash)} given both as options and in --params")
+            raise UsageError(f"{sorted(clash)} given both as options and in --params")
         out.update(extra)
+    _check_names(function, out, set(extra))
+    if command.schema:
+        _check_values(command.schema, out)
     return out
+
+
+def _check_names(function, kwargs: dict, from_params: set[str]) -> None:
+    """Refuse arguments the function does not take (naming the ones it does) and required ones left out."""
+    parameters = inspect.signature(function).parameters
+    named = {k: p for k, p in parameters.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    # a function with **settings hands them on to another step, which checks them itself
+    unknown = sorted(set(kwargs) - set(named)) if len(named) == len(parameters) else []
+    if unknown:
+        shown = ", ".join(f"{k!r} in --params" if k in from_params else f"--{k.replace('_', '-')}" for k in unknown)
+        raise UsageError(f"unknown {shown}; allowed keys: {', '.join(named)}")
+    missing = [k for k, p in named.items() if p.default is p.empty and k not in kwargs]
+    if missing:
+        raise UsageError(f"missing {', '.join('--' + k.replace('_', '-') for k in missing)}")
+
+
+def _check_values(section: str, kwargs: dict) -> None:
+    """Check each value that the config schema's ``section`` describes, as the config validator would."""
+    import jsonschema
+
+    from vlselect.config import load_schema
+
+    schema = load_schema()
+    node = schema
+    for part in section.split("."):
+        node = node["properties"][part]
+    for key, value in kwargs.items():
+        if key in node.get("properties", {}):
+            # the root's $defs go along, so that a property defined by reference resolves
+            checker = jsonschema.Draft202012Validator(node["properties"][key] | {"$defs": schema.get("$defs", {})})
+            error = jsonschema.exceptions.best_match(checker.iter_errors(value))
+            if error is not None:
+                raise UsageError(f"{key}={json.dumps(value)} is invalid ({section}.{key}): {error.message}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,8 +204,18 @@ def main(argv: list[str] | None = None) -> int:
     if rest in (["-h"], ["--help"]):
         print(f"vlselect {name}: {inspect.signature(function)}\n\n{inspect.getdoc(function) or ''}")
         return 0
-    setup_logging()
-    function(**_parse_options(command, rest))
+    debug = "--debug" in rest
+    rest = [token for token in rest if token != "--debug"]
+    try:
+        kwargs = _parse_options(command, rest)
+        setup_logging()
+        function(**kwargs)
+    # ValueError and a missing file are how the steps report a wrong setting or input; anything else is a bug
+    # or a runtime failure and keeps its traceback
+    except (UsageError, ValueError, FileNotFoundError) as exc:
+        if debug:
+            raise
+        raise SystemExit(f"vlselect {name}: {exc} (--debug shows the traceback)") from None
     return 0
 
 

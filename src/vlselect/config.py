@@ -39,12 +39,81 @@ _Validator = _extend_with_default(jsonschema.Draft202012Validator)
 
 
 def load_schema(path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
-    return yaml.safe_load(Path(path).read_text())
+    """The schema as a dict, read with libyaml's C loader where PyYAML has it.
+
+    Every ``snakemake`` call (a dry run too) and every step validates the config; the pure-Python loader takes
+    0.03 s for this file on the project's machine, the C one 0.004 s (BENCHMARKS.md, "Dry run of a finished DAG").
+    """
+    return yaml.load(Path(path).read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
+
+def coerce_strings(value: Any, schema: dict[str, Any], root: dict[str, Any] | None = None) -> Any:
+    """Turn strings into the numbers, booleans or nulls that the schema asks for at their place; return the value.
+
+    Why: Snakemake's ``--config key=VALUE`` reads a nested VALUE with YAML's BaseLoader, so
+    ``--config 'selection={"weights": {"clip": 2.0}}'`` arrives as ``{"weights": {"clip": "2.0"}}`` and would be
+    refused as "not of type 'number'". The schema says what each place holds, so the conversion follows it,
+    descending into objects (``properties``, ``additionalProperties``), arrays (``items``), local ``$ref``s and
+    ``anyOf``/``oneOf``/``allOf`` branches. A string is left alone where a string is allowed, except a YAML null
+    (``null`` or ``~``) where null is allowed too; it becomes a boolean from ``true``/``false`` (any case), an
+    integer from ``int()``, a number from ``int()`` or else ``float()``. A string that is none of these stays
+    a string, so validation then reports it with its key as before. Dicts and lists are converted in place.
+    """
+    root = schema if root is None else root
+    branches = _branches(schema, root)
+    if isinstance(value, dict):
+        for key in value:
+            sub = next((b["properties"][key] for b in branches if key in b.get("properties", {})),
+                       next((b["additionalProperties"] for b in branches
+                             if isinstance(b.get("additionalProperties"), dict)), {}))
+            value[key] = coerce_strings(value[key], sub, root)
+        return value
+    if isinstance(value, list):
+        items = next((b["items"] for b in branches if isinstance(b.get("items"), dict)), {})
+        value[:] = [coerce_strings(item, items, root) for item in value]
+        return value
+    if not isinstance(value, str):
+        return value
+    types = {t for b in branches for t in ([b["type"]] if isinstance(b.get("type"), str) else b.get("type", []))}
+    if "null" in types and value in ("null", "Null", "NULL", "~"):
+        return None
+    if "string" in types or not types:
+        return value
+    if "boolean" in types and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    for wanted, parse in (("integer", int), ("number", int), ("number", float)):
+        if wanted in types:
+            try:
+                return parse(value)
+            except ValueError:
+                pass
+    return value
+
+
+def _branches(schema: dict[str, Any], root: dict[str, Any]) -> list[dict[str, Any]]:
+    """``schema`` and every schema it defers to (local ``$ref``, ``anyOf``/``oneOf``/``allOf``), flattened."""
+    if not isinstance(schema, dict):  # `true`/`false` schemas say nothing about types
+        return []
+    found = [schema]
+    if isinstance(schema.get("$ref"), str) and schema["$ref"].startswith("#/"):
+        target = root
+        for part in schema["$ref"][2:].split("/"):
+            target = target[part]
+        found += _branches(target, root)
+    for keyword in ("anyOf", "oneOf", "allOf"):
+        for branch in schema.get(keyword, []):
+            found += _branches(branch, root)
+    return found
 
 
 def validate_config(config: dict[str, Any], schema: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Validate ``config`` in place (filling defaults) and return it; raise ConfigError on the first problems."""
+    """Validate ``config`` in place (filling defaults) and return it; raise ConfigError on the first problems.
+
+    Strings from Snakemake's ``--config`` are first converted where the schema wants numbers or booleans
+    (``coerce_strings``).
+    """
     schema = schema or load_schema()
+    coerce_strings(config, schema)
     errors = sorted(_Validator(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         raise ConfigError("invalid configuration:\n" + "\n".join(_describe(e) for e in errors))
@@ -92,10 +161,24 @@ def check_real_run(config: dict[str, Any]) -> None:
     if any(isinstance(s, str) for s in suites) and not config["evaluate"]["suite_root"]:
         missing.append("evaluate.suite_root: the folder holding the evaluation suites named in labels/final.suites")
     if config["judge"]["backend"] == "oracle":
-        missing.append("judge.backend: 'openai' (with judge.base_url/model) or 'none'; the oracle judge reads the toy "
-                       "world's hidden truth and exists only there")
+        missing.append("judge.backend: 'openai' (with judge.base_url/model) or 'none'; the oracle judge scores "
+                       "against the toy world's generator and exists only there")
     if missing:
         raise ConfigError(f"dataset.format is {config['dataset']['format']!r}, a real run, and it needs:\n  "
                           + "\n  ".join(missing)
                           + "\nSet them in your config file (configs/minigpt4.yaml and configs/llava.yaml are "
                             "templates with every such key marked).")
+
+
+def check_gpu_counts(config: dict[str, Any]) -> None:
+    """A fine-tune runs one training process per GPU (``finetune.gpus``, or ``finetune.minigpt4.gpus`` for the
+    official backend), so its job must ask the scheduler for exactly that many (``resources.finetune.gpus``), or for
+    none to train on the CPU; otherwise torchrun would put several processes on one GPU, or leave GPUs idle."""
+    finetune = config["finetune"]
+    key = "finetune.gpus" if finetune["backend"] == "transformers" else "finetune.minigpt4.gpus"
+    processes = finetune["gpus"] if finetune["backend"] == "transformers" else finetune["minigpt4"]["gpus"]
+    asked = config["resources"]["finetune"]["gpus"]
+    if asked not in (0, processes):
+        raise ConfigError(f"resources.finetune.gpus is {asked} but {key} is {processes}: a fine-tune runs one "
+                          f"process per GPU; set both to the same number (or resources.finetune.gpus: 0 to train "
+                          "on the CPU)")

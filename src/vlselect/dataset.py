@@ -68,12 +68,15 @@ def import_dataset(*, format: str, root: str, out_manifest: str, out_quarantine:
                    instruction: str = "Describe this image in detail.", llava_turns: str = "first",
                    fields: dict | None = None, annotation_file: str | None = None, min_pixels: int = 64,
                    max_pixels: int = 40_000_000, max_answer_chars: int = 20_000, max_bad_fraction: float = 0.05,
-                   allow_outside_root: bool = False) -> dict:
+                   allow_outside_root: bool = False, quarantine_copy: str | None = None) -> dict:
     """Read a dataset, validate every example, write manifest.parquet and quarantine.parquet.
 
     Both files are written before the bad share is checked, so when more than
     ``max_bad_fraction`` of the examples are quarantined the run stops with an error that
-    points at quarantine.parquet for inspection. Returns the counts by reason (and "kept").
+    points at the quarantine for inspection. A workflow deletes a failed job's outputs, so
+    ``quarantine_copy`` (a path outside them) then receives the quarantine too, and the error
+    names it; a successful import removes a copy left by an earlier failure, so a copy on disk
+    always belongs to the last import, which failed. Returns the counts by reason (and "kept").
     """
     if format not in FORMATS:
         raise ValueError(f"dataset.format {format!r} is not importable; use one of {', '.join(FORMATS)}")
@@ -123,22 +126,29 @@ def import_dataset(*, format: str, root: str, out_manifest: str, out_quarantine:
             "max_answer_chars": max_answer_chars, "allow_outside_root": allow_outside_root}
     # astype(str): every column is text, and an empty quarantine must still have string (not null-typed) columns
     write_parquet(pd.DataFrame(kept, columns=MANIFEST_COLUMNS).astype(str), out_manifest, metadata=meta)
-    write_parquet(pd.DataFrame(quarantined, columns=QUARANTINE_COLUMNS).astype(str), out_quarantine, metadata=meta)
+    rejected = pd.DataFrame(quarantined, columns=QUARANTINE_COLUMNS).astype(str)
+    write_parquet(rejected, out_quarantine, metadata=meta)
     log.info("imported %s: %d examples, %d kept, %d quarantined", annotations, total, len(kept), len(quarantined))
     for reason, n in counts.most_common():
         log.info("  quarantined %-20s %d", reason, n)
 
     if total == 0:
         raise ValueError(f"{annotations} holds no examples; check dataset.format and dataset.annotation_file")
-    if not kept:
-        raise ValueError(f"all {total} examples of {annotations} were quarantined; inspect {out_quarantine}")
     fraction = len(quarantined) / total
-    if fraction > max_bad_fraction:
+    if not kept or fraction > max_bad_fraction:
+        where = out_quarantine
+        if quarantine_copy:
+            write_parquet(rejected, quarantine_copy, metadata=meta)
+            where = quarantine_copy
+        if not kept:
+            raise ValueError(f"all {total} examples of {annotations} were quarantined; inspect {where}")
         summary = ", ".join(f"{r}={n}" for r, n in counts.most_common())
         raise ValueError(
             f"{len(quarantined)} of {total} examples ({fraction:.2%}) were quarantined, more than "
-            f"dataset.max_bad_fraction={max_bad_fraction} ({summary}). Inspect {out_quarantine} (sample_id, reason, "
+            f"dataset.max_bad_fraction={max_bad_fraction} ({summary}). Inspect {where} (sample_id, reason, "
             f"detail), fix the data or the format settings, or raise dataset.max_bad_fraction if these losses are acceptable.")
+    if quarantine_copy:
+        Path(quarantine_copy).unlink(missing_ok=True)
     return {"kept": len(kept), **counts}
 
 

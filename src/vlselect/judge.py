@@ -5,7 +5,9 @@ A's answer first and once with B's first, and the two verdicts (from A's side) a
 :func:`combine_verdicts`. Backends:
 
 * ``openai``: an OpenAI-compatible LLM rates both answers 1-10 (LLaVA-Bench's prompt), through :mod:`vlselect.llm`
-  (cached, budgeted, retried);
+  (cached, budgeted, retried). With ``rules`` (LLaVA-Bench's ``rule.json``) the request is laid out as LLaVA-Bench's
+  review: the image's context (captions), the question, the two answers and the rule of the question's category;
+  with ``images`` the image itself goes along as a data URL, for a vision-capable endpoint;
 * ``oracle`` (toy world only): each answer's attribute F1 against the image's true objects
   (``vlselect.toy.world.attribute_f1``), read from the suite file; order does not matter to it, but both orders are
   still recorded so the output has the same shape;
@@ -14,6 +16,7 @@ A's answer first and once with B's first, and the two verdicts (from A's side) a
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from pathlib import Path
@@ -36,6 +39,10 @@ TEMPLATE = (
     "explanation of your evaluation, avoiding any potential bias and ensuring that the order in which the responses "
     "were presented does not affect your judgment."
 )
+# LLaVA-Bench's review layout around its rule prompts (rule.json gives the role name and the prompt per category)
+RULE_TEMPLATE = ("[Context]\n{context}\n\n[Question]\n{question}\n\n"
+                 "[{role} 1]\n{first}\n\n[End of {role} 1]\n\n[{role} 2]\n{second}\n\n[End of {role} 2]\n\n"
+                 "[System]\n{prompt}\n\n")
 _TWO_SCORES = re.compile(r"(\d+(?:\.\d+)?)[ ,]+(\d+(?:\.\d+)?)")
 VERDICTS = ("win", "tie", "loss")
 
@@ -86,12 +93,15 @@ def judge(*, eval_a: str, eval_b: str, out: str, backend: str = "oracle", suite:
           base_url: str | None = None, model: str = "gpt-4o-mini", api_key_env: str = "OPENAI_API_KEY",
           max_usd: float = 5.0, concurrency: int = 8, timeout_s: float = 60, max_retries: int = 5,
           usd_per_1k_input: float = 0.00015, usd_per_1k_output: float = 0.0006, backoff_s: float = 1.0,
-          name_a: str | None = None, name_b: str | None = None) -> dict:
+          name_a: str | None = None, name_b: str | None = None, images: bool = False,
+          rules: str | None = None) -> dict:
     """Judge model A (``eval_a``) against model B (``eval_b``) on the first ``n_questions`` items of ``suite``, both
     answer orders; writes ``out`` with counts {win, tie, loss} from A's side and per-question verdicts.
 
     Model names default to the eval files' stems. Questions whose judgement failed or was skipped (budget) are listed
-    with verdict null and counted as "unjudged", never guessed. Returns the written dict.
+    with verdict null and counted as "unjudged", never guessed. ``relative_score`` is LLaVA-Bench's: 100 x A's total
+    score / B's total score over the questions judged in both orders (each answer's score averaged over the orders).
+    ``images`` and ``rules`` apply to the openai backend (module docstring). Returns the written dict.
     """
     if backend not in ("oracle", "openai", "none"):
         raise ValueError(f"judge.backend must be oracle, openai or none, got {backend!r}")
@@ -110,7 +120,7 @@ def judge(*, eval_a: str, eval_b: str, out: str, backend: str = "oracle", suite:
                                          api_key_env=api_key_env, max_usd=max_usd, concurrency=concurrency,
                                          timeout_s=timeout_s, max_retries=max_retries,
                                          usd_per_1k_input=usd_per_1k_input, usd_per_1k_output=usd_per_1k_output,
-                                         backoff_s=backoff_s)
+                                         backoff_s=backoff_s, images=images, rules=rules)
     counts = dict.fromkeys(VERDICTS, 0)
     questions = []
     for it_a, it_b, first, second, info in zip(items_a, items_b, firsts, seconds, extra.pop("per_question")):
@@ -121,8 +131,11 @@ def judge(*, eval_a: str, eval_b: str, out: str, backend: str = "oracle", suite:
                           "answer_b": it_b["prediction"], "verdict_a_first": first, "verdict_b_first": second,
                           "verdict": verdict} | info)
     unjudged = sum(q["verdict"] is None for q in questions)
+    scored = [q for q in questions if q.get("score_a") is not None]
+    total_b = sum(q["score_b"] for q in scored)
+    relative = round(100 * sum(q["score_a"] for q in scored) / total_b, 1) if scored and total_b else None
     report |= {"split": split, "n_questions": len(questions), "counts": counts, "unjudged": unjudged,
-               "questions": questions} | extra
+               "relative_score": relative, "questions": questions} | extra
     write_json(report, out)
     log.info("judge %s vs %s (%s, %s): %s, %d unjudged", name_a, name_b, backend, suite, counts, unjudged)
     return report
@@ -144,12 +157,37 @@ def _oracle(items_a, items_b, suite, suite_root, split):
         fa = float(attribute_f1(it_a["prediction"], objects[it_a["id"]]))
         fb = float(attribute_f1(it_b["prediction"], objects[it_a["id"]]))
         firsts.append(_verdict(fa, fb, eps=1e-9))
-        per_question.append({"f1_a": fa, "f1_b": fb})
+        per_question.append({"f1_a": fa, "f1_b": fb, "score_a": fa, "score_b": fb})
     # the oracle does not see an order, so the second-order verdict is the same measurement
     return firsts, list(firsts), {"per_question": per_question}
 
 
-def _openai(items_a, items_b, *, cache_dir, base_url, model, **client_kwargs):
+def _judge_messages(it_a: dict, first: str, second: str, rules: dict | None, images: bool) -> list[dict]:
+    """The judge's chat messages for one order: LLaVA-Bench's review layout with its category's rule when ``rules``
+    is given, else the built-in prompt; with ``images`` the item's image as a second part of the user message."""
+    meta = it_a.get("meta") or {}
+    if rules is not None:
+        category = f"llava_bench_{meta.get('category')}"
+        rule = rules.get(category) or rules.get("default")
+        if rule is None:
+            raise ValueError(f"judge.rules has no rule {category!r} nor 'default' (it has {sorted(rules)})")
+        text = RULE_TEMPLATE.format(context=meta.get("context", ""), question=it_a["question"], role=rule["role"],
+                                    first=first, second=second, prompt=rule["prompt"])
+    else:
+        text = TEMPLATE.format(question=it_a["question"], reference=it_a.get("reference", ""), first=first,
+                               second=second)
+    if not images:
+        return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}]
+    from vlselect.llm import image_part
+
+    if not it_a.get("image"):
+        raise ValueError(f"judge.images is set but the eval item {it_a['id']} records no image; re-run the "
+                         "evaluation (it writes each item's image path)")
+    return [{"role": "system", "content": SYSTEM},
+            {"role": "user", "content": [{"type": "text", "text": text}, image_part(it_a["image"])]}]
+
+
+def _openai(items_a, items_b, *, cache_dir, base_url, model, images=False, rules=None, **client_kwargs):
     from vlselect.llm import LLMClient, Request, host_of
 
     if not base_url:
@@ -159,12 +197,11 @@ def _openai(items_a, items_b, *, cache_dir, base_url, model, **client_kwargs):
         raise ValueError("the openai judge needs a cache_dir (config cache_dir) so a re-run never pays twice")
     client = LLMClient(base_url=base_url, model=model, cache_dir=cache_dir, namespace="judge",
                        prompt_version=PROMPT_VERSION, config_prefix="judge", **client_kwargs)
+    rule_dict = json.loads(Path(rules).read_text()) if rules else None
     requests = []
     for it_a, it_b in zip(items_a, items_b):
         for first, second in ((it_a["prediction"], it_b["prediction"]), (it_b["prediction"], it_a["prediction"])):
-            text = TEMPLATE.format(question=it_a["question"], reference=it_a.get("reference", ""), first=first,
-                                   second=second)
-            messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}]
+            messages = _judge_messages(it_a, first, second, rule_dict, images)
             requests.append(Request(key=client.key({"messages": messages}), messages=messages, max_tokens=256))
     results = client.run(requests, desc="judge")
     problem = client.endpoint_problem(results)
@@ -177,7 +214,10 @@ def _openai(items_a, items_b, *, cache_dir, base_url, model, **client_kwargs):
         s2 = parse_pair(r2.text) if r2.status == "ok" else None
         firsts.append(_verdict(s1[0], s1[1]) if s1 else None)  # A was assistant 1
         seconds.append(_verdict(s2[1], s2[0]) if s2 else None)  # A was assistant 2
+        both = s1 is not None and s2 is not None
         per_question.append({"scores_a_first": list(s1) if s1 else None, "scores_b_first": list(s2) if s2 else None,
+                             "score_a": (s1[0] + s2[1]) / 2 if both else None,
+                             "score_b": (s1[1] + s2[0]) / 2 if both else None,
                              "problems": [f"{r.status}: {r.reason or 'unparseable reply'}"
                                           for r, s in ((r1, s1), (r2, s2)) if s is None],
                              "raw": [r1.text, r2.text]})

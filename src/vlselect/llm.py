@@ -14,7 +14,13 @@ subtly wrong. This module gives them
   (input estimated from its length, output ``max_tokens``) is reserved, and once the budget would be exceeded no new
   request is sent: in-flight ones finish, the rest come back ``skipped`` with reason ``budget``;
 * secrecy: the API key is read only from the environment variable named by ``api_key_env`` and is scrubbed from
-  every error text this module returns or logs; it is never part of a cache key or a cache file.
+  every error text this module returns or logs; it is never part of a cache key or a cache file;
+* structured output: ``response_formats`` (best first) are sent as the request's ``response_format``; one the endpoint
+  refuses (HTTP 400 or 422) is dropped for the rest of the run, and after the last one the request goes as plain text,
+  so an endpoint without JSON modes still answers;
+* re-asks: :meth:`LLMClient.run` with ``accept`` checks each reply and, when it is unusable, asks again with a short
+  follow-up (the reply and ``reask``) up to ``max_reasks`` times; the final reply is cached either way, and
+  ``retry_failed`` asks again for cached replies that ``accept`` refuses.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 from urllib.parse import urlparse
 
 log = logging.getLogger(__name__)
@@ -58,6 +65,7 @@ class Result:
     cached: bool = False
     input_tokens: int = 0
     output_tokens: int = 0
+    reasks: int = 0  # follow-ups sent because ``accept`` refused a reply
 
 
 @dataclass
@@ -69,6 +77,9 @@ class Stats:
     usd_spent: float = 0.0
     budget_stopped: bool = False
     by_reason: dict = field(default_factory=dict)
+    reasks: int = 0  # follow-up requests sent for unusable replies
+    retried_failed: int = 0  # cached unusable replies asked again (``retry_failed``)
+    response_format: str = "text"  # the structured-output mode in use at the end of the run
 
 
 def host_of(base_url: str) -> str:
@@ -116,7 +127,7 @@ class LLMClient:
                  api_key_env: str = "OPENAI_API_KEY", concurrency: int = 8, timeout_s: float = 60,
                  max_retries: int = 5, max_usd: float = 5.0, usd_per_1k_input: float = 0.00015,
                  usd_per_1k_output: float = 0.0006, backoff_s: float = 1.0, max_backoff_s: float = 60.0,
-                 config_prefix: str = "scoring.gpt"):
+                 config_prefix: str = "scoring.gpt", response_formats: tuple[dict, ...] = ()):
         if not base_url:
             raise ValueError(f"no endpoint: set {config_prefix}.base_url (an OpenAI-compatible URL ending in /v1)")
         if concurrency < 1:
@@ -135,6 +146,9 @@ class LLMClient:
         self.cache = ResponseCache(cache_dir, namespace)
         self.stats = Stats()
         self._reserved = 0.0  # worst-case cost of the requests in flight
+        self._formats = tuple(response_formats) + (None,)  # None: plain text, which every endpoint takes
+        self._format_index = 0
+        self.stats.response_format = _format_name(self._formats[0])
 
     def __repr__(self) -> str:
         return f"LLMClient(host={host_of(self.base_url)!r}, model={self.model!r})"
@@ -153,22 +167,32 @@ class LLMClient:
     def cost(self, input_tokens: int, output_tokens: int) -> float:
         return input_tokens / 1000 * self.usd_in + output_tokens / 1000 * self.usd_out
 
-    def _worst_case(self, req: Request) -> float:
+    def _worst_case(self, messages: list[dict], max_tokens: int) -> float:
         # ~3 characters per token is on the generous side for English; images are counted at 1000 tokens
         chars, images = 0, 0
-        for m in req.messages:
+        for m in messages:
             parts = m["content"] if isinstance(m["content"], list) else [{"type": "text", "text": m["content"]}]
             for p in parts:
                 chars += len(p.get("text", "")) if p.get("type") == "text" else 0
                 images += p.get("type") == "image_url"
-        return self.cost(math.ceil(chars / 3) + 1000 * images + 8, req.max_tokens)
+        return self.cost(math.ceil(chars / 3) + 1000 * images + 8, max_tokens)
 
     # ------------------------------------------------------------------------------------------------------------
-    def run(self, requests: list[Request], desc: str = "LLM") -> list[Result]:
-        """Answer ``requests`` (cache first, then the endpoint); results come back in the same order."""
-        return asyncio.run(self._run_all(requests, desc))
+    def run(self, requests: list[Request], desc: str = "LLM", *, accept: Callable[[str], bool] | None = None,
+            reask: str = "", max_reasks: int = 0, retry_failed: bool = False) -> list[Result]:
+        """Answer ``requests`` (cache first, then the endpoint); results come back in the same order.
 
-    async def _run_all(self, requests: list[Request], desc: str) -> list[Result]:
+        ``accept`` tells a usable reply from one that is not; an unusable reply is followed up with the user message
+        ``reask`` (after the original messages and that reply) up to ``max_reasks`` times. The last reply is what
+        comes back and is cached, usable or not, so a re-run does not pay for it again, unless ``retry_failed``:
+        then cached replies that ``accept`` refuses are asked again from the start.
+        """
+        if max_reasks and (accept is None or not reask):
+            raise ValueError("re-asking needs both accept and reask")
+        return asyncio.run(self._run_all(requests, desc, accept, reask, max_reasks, retry_failed))
+
+    async def _run_all(self, requests: list[Request], desc: str, accept, reask: str, max_reasks: int,
+                       retry_failed: bool) -> list[Result]:
         from openai import AsyncOpenAI
         from tqdm import tqdm
 
@@ -176,6 +200,9 @@ class LLMClient:
         todo = []
         for i, req in enumerate(requests):
             entry = self.cache.get(req.key)
+            if entry is not None and retry_failed and accept is not None and not accept(entry["text"]):
+                self.stats.retried_failed += 1
+                entry = None
             if entry is not None:
                 self.stats.cache_hits += 1
                 results[i] = Result("ok", entry["text"], cached=True, input_tokens=entry.get("input_tokens", 0),
@@ -190,7 +217,7 @@ class LLMClient:
 
             async def one(i: int) -> None:
                 async with sem:
-                    results[i] = await self._one(client, requests[i], lock)
+                    results[i] = await self._one(client, requests[i], lock, accept, reask, max_reasks)
                 bar.update(1)
 
             try:
@@ -205,32 +232,52 @@ class LLMClient:
                 self.stats.by_reason[kind] = self.stats.by_reason.get(kind, 0) + 1
         return results
 
-    async def _one(self, client, req: Request, lock: asyncio.Lock) -> Result:
-        worst = self._worst_case(req)
+    async def _one(self, client, req: Request, lock: asyncio.Lock, accept, reask: str, max_reasks: int) -> Result:
+        messages, n_in, n_out = req.messages, 0, 0
+        for n_reasks in range(max_reasks + 1):
+            result = await self._budgeted(client, messages, req.max_tokens, lock)
+            n_in, n_out = n_in + result.input_tokens, n_out + result.output_tokens
+            if result.status != "ok":
+                if n_reasks:  # a follow-up went wrong: keep the unusable reply it followed, cache nothing
+                    result.text = result.text or messages[-2]["content"]
+                return result
+            if accept is None or accept(result.text) or n_reasks == max_reasks:
+                break
+            self.stats.reasks += 1
+            # always the original conversation plus the latest reply, so a follow-up stays short
+            messages = req.messages + [{"role": "assistant", "content": result.text},
+                                       {"role": "user", "content": reask}]
+        result.reasks, result.input_tokens, result.output_tokens = n_reasks, n_in, n_out
+        self.cache.put(req.key, {"model": self.model, "prompt_version": self.prompt_version, "text": result.text,
+                                 "input_tokens": n_in, "output_tokens": n_out})
+        return result
+
+    async def _budgeted(self, client, messages: list[dict], max_tokens: int, lock: asyncio.Lock) -> Result:
+        """One request within the budget: its worst-case cost is reserved first, or it is skipped."""
+        worst = self._worst_case(messages, max_tokens)
         async with lock:
             if self.stats.budget_stopped or self.stats.usd_spent + self._reserved + worst > self.max_usd:
                 self.stats.budget_stopped = True
                 return Result("skipped", reason="budget")
             self._reserved += worst
         try:
-            result = await self._with_retries(client, req)
+            return await self._with_retries(client, messages, max_tokens)
         finally:
             self._reserved -= worst
-        if result.status == "ok":
-            self.cache.put(req.key, {"model": self.model, "prompt_version": self.prompt_version, "text": result.text,
-                                     "input_tokens": result.input_tokens, "output_tokens": result.output_tokens})
-        return result
 
-    async def _with_retries(self, client, req: Request) -> Result:
+    async def _with_retries(self, client, messages: list[dict], max_tokens: int) -> Result:
         import openai
 
         reason = ""
-        for attempt in range(self.max_retries + 1):
+        attempt = 0
+        while True:
             retry_after = None
+            response_format = self._formats[self._format_index]
+            extra = {"response_format": response_format} if response_format else {}
             self.stats.requests_sent += 1
             try:
                 raw = await client.chat.completions.with_raw_response.create(
-                    model=self.model, messages=req.messages, max_tokens=req.max_tokens, temperature=0)
+                    model=self.model, messages=messages, max_tokens=max_tokens, temperature=0, **extra)
             except openai.APITimeoutError:
                 reason = f"timeout: no reply within {self.timeout_s} s ({self.config_prefix}.timeout_s)"
             except openai.APIConnectionError as exc:
@@ -247,6 +294,9 @@ class LLMClient:
                 elif status == 404:
                     return Result("failed", reason=f"not_found: {detail}; check {self.config_prefix}.base_url "
                                                    f"and .model ({self.model})")
+                elif status in (400, 422) and response_format:
+                    self._drop_format(response_format, detail)
+                    continue  # the same request in the next format: a refusal is not a transient failure
                 else:
                     return Result("failed", reason=f"bad_request: {detail}")
             else:
@@ -256,12 +306,23 @@ class LLMClient:
                     return Result("failed", text=self.scrub(raw.http_response.text)[:2000],
                                   reason="malformed_response: the body is not a chat completion")
                 return self._parse(resp)
-            if attempt < self.max_retries:
-                delay = retry_after if retry_after is not None else min(
-                    self.max_backoff_s, self.backoff_s * 2 ** attempt * random.uniform(1.0, 1.5))
-                log.debug("attempt %d failed (%s); retrying in %.2f s", attempt + 1, reason, delay)
-                await asyncio.sleep(delay)
-        return Result("failed", reason=f"{reason} (after {self.max_retries + 1} attempts)")
+            if attempt == self.max_retries:
+                return Result("failed", reason=f"{reason} (after {self.max_retries + 1} attempts)")
+            delay = retry_after if retry_after is not None else min(
+                self.max_backoff_s, self.backoff_s * 2 ** attempt * random.uniform(1.0, 1.5))
+            log.debug("attempt %d failed (%s); retrying in %.2f s", attempt + 1, reason, delay)
+            await asyncio.sleep(delay)
+            attempt += 1
+
+    def _drop_format(self, refused: dict, detail: str) -> None:
+        """Stop asking for ``refused`` (and any format before it) for the rest of the run."""
+        index = self._formats.index(refused) + 1
+        if index > self._format_index:  # requests in flight may report the same refusal more than once
+            self._format_index = index
+            now = self._formats[index]
+            self.stats.response_format = _format_name(now)
+            log.warning("%s refused response_format %s (%s); asking for %s instead", host_of(self.base_url),
+                        _format_name(refused), detail[:200], _format_name(now) if now else "plain text")
 
     def _parse(self, resp) -> Result:
         usage = getattr(resp, "usage", None)
@@ -299,6 +360,10 @@ class LLMClient:
                 "holds a valid key. Nothing was written; re-run when the endpoint is up.")
 
 
+def _format_name(response_format: dict | None) -> str:
+    return response_format["type"] if response_format else "text"
+
+
 def _retry_after(headers) -> float | None:
     """Seconds from ``Retry-After`` (or ``retry-after-ms``); None when absent or an HTTP date (then we back off)."""
     try:
@@ -309,3 +374,13 @@ def _retry_after(headers) -> float | None:
     except (TypeError, ValueError):
         pass
     return None
+
+
+def image_part(image_path: str) -> dict:
+    """A chat message part carrying the image as a base64 data URL, for vision-capable endpoints (no upload step)."""
+    import base64
+    import mimetypes
+
+    mime = mimetypes.guess_type(image_path)[0] or "image/png"
+    data = base64.b64encode(Path(image_path).read_bytes()).decode()
+    return {"type": "image_url", "image_url": {"url": f"data:{mime};base64,{data}"}}

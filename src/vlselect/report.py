@@ -103,7 +103,8 @@ def _load_runs(evals: list[str]) -> dict[str, dict]:
         data = read_json(path)
         if "suites" not in data or not data["suites"]:
             raise ValueError(f"{path} has no 'suites' results; re-run the evaluation that writes it")
-        acc = {suite: float(res["accuracy"]) for suite, res in data["suites"].items()}
+        # a judged suite (accuracy None) has no score of its own: the judge compares its answers
+        acc = {suite: float(res["accuracy"]) for suite, res in data["suites"].items() if res["accuracy"] is not None}
         runs[name] = {"path": path, "method": method, "seed": seed, "acc": acc}
     return runs
 

@@ -2,21 +2,37 @@
 import json
 from pathlib import Path
 
-from vlselect.config import check_real_run, validate_config
+from vlselect.config import check_gpu_counts, check_real_run, validate_config
 from vlselect.resources import group_resources
 from vlselect.shards import parse_scatteritem
+from vlselect.suites import check_suite_use, is_judged, suite_name, with_prompts
 
 validate_config(config)
 check_real_run(config)
+check_gpu_counts(config)
+check_suite_use(config["labels"]["suites"], config["final"]["suites"])
 
 R = config["results"]
 TOY = config["dataset"]["format"] == "toy"
 INDICATORS = ["clip", "reward", "length", "gpt"]
 SCORE_FILES = expand(f"{R}/scores/{{indicator}}.parquet", indicator=INDICATORS)
 SUBSETS = list(range(config["labels"]["n_subsets"]))
-SUITES = config["labels"]["suites"]
+# suite entries with evaluate.prompts applied (what the evaluation jobs get), and the names their results go under
+SUITES = with_prompts(config["labels"]["suites"], config["evaluate"]["prompts"])
+FINAL_SUITES = with_prompts(config["final"]["suites"], config["evaluate"]["prompts"])
+SUITE_NAMES = [suite_name(s) for s in SUITES]
+# the table's columns: a judged suite (LLaVA-Bench) has no score of its own and shows in the judge's results
+TABLE_SUITE_NAMES = [suite_name(s) for s in FINAL_SUITES if not is_judged(s)]
 
 report: "../report/workflow.rst"
+
+# Steps that call an API (GPT scoring with the length indicator's rule, the judge) run in the main Snakemake
+# process, on the submit host: many clusters' compute nodes have no outbound internet.
+if config["network_local"]:
+
+    localrules:
+        score_text_shard,
+        judge_pair,
 
 scattergather:
     shards=config["scoring"]["shards"],
@@ -85,11 +101,10 @@ else:
     SUITE_ROOT = config["evaluate"]["suite_root"]
 
 
-
 # Resources per rule group: memory from the size of the checkpoints each group loads (unless set), memory and
 # runtime times Snakemake's `attempt`, GPUs as configured. The floors are what the toy world's jobs need.
 RES = config["resources"]
-VLM_CHECKPOINTS = [VLM] if FT_BACKEND == "transformers" else [FT_MINIGPT4.get("ckpt"), FT_MINIGPT4.get("llama_model")]
+VLM_CHECKPOINTS = [VLM] if FT_BACKEND == "transformers" else [FT_MINIGPT4["ckpt"], FT_MINIGPT4["llama_model"]]
 SCORING_RESOURCES = group_resources(RES["scoring"], [CLIP.get("pretrained"), REWARD], floor=8000)
 
 

@@ -10,6 +10,8 @@ rule import_dataset:
     params:
         p=as_json({k: v for k, v in config["dataset"].items() if k != "root"}),
         root=DATA_ROOT,
+        # outside the outputs, which Snakemake deletes when the import stops on dataset.max_bad_fraction
+        quarantine_copy=f"{R}/logs/quarantine_rejected.parquet",
     log:
         f"{R}/logs/import_dataset.log",
     benchmark:
@@ -19,4 +21,4 @@ rule import_dataset:
         runtime=60,
     shell:
         "vlselect import --root {params.root:q} --out-manifest {output.manifest} --out-quarantine {output.quarantine} "
-        "--params {params.p:q} 2> {log}"
+        "--quarantine-copy {params.quarantine_copy:q} --params {params.p:q} 2> {log}"

@@ -24,6 +24,7 @@ rule finetune_final:
     params:
         p=lambda w: to_json(FT_PARAMS | {"seed": FT["seed"] + int(w.seed)}),
         base=VLM,
+        launch=FT_LAUNCH,
     wildcard_constraints:
         method=r"[a-z_]+",
         seed=r"\d+",
@@ -35,7 +36,7 @@ rule finetune_final:
     resources:
         **vlm_resources("finetune"),
     shell:
-        "OMP_NUM_THREADS={threads} vlselect finetune --base-model {params.base:q} --train-dir {input.data} "
+        "OMP_NUM_THREADS={threads} {params.launch} finetune --base-model {params.base:q} --train-dir {input.data} "
         "--out-dir {output} --params {params.p:q} 2> {log}"
 
 
@@ -47,7 +48,7 @@ rule evaluate_final:
     output:
         f"{R}/final/eval/{{model}}.json",
     params:
-        p=as_json(EVAL_PARAMS | {"suites": FINAL["suites"], "split": "test"}),
+        p=as_json(EVAL_PARAMS | {"suites": FINAL_SUITES, "split": "test"}),
         model=lambda w: VLM if w.model == "base" else f"{R}/final/models/{w.model}",
         suite_root=SUITE_ROOT,
     wildcard_constraints:
@@ -71,7 +72,7 @@ rule final_table:
         csv=f"{R}/final/table.csv",
         md=f"{R}/final/table.md",
     params:
-        p=as_json({"methods_order": FINAL["methods"], "suites_order": FINAL["suites"]}),
+        p=as_json({"methods_order": FINAL["methods"], "suites_order": TABLE_SUITE_NAMES}),
     log:
         f"{R}/logs/final_table.log",
     benchmark:

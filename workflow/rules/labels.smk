@@ -1,9 +1,24 @@
 # Genuine quality labels: balanced k-means subsets, one fine-tune job and one evaluation job per subset ({k} fans
 # out); each job runs labels.seeds seeds, whose mean is the label.
 FT = config["finetune"]
-FT_PARAMS = {k: FT[k] for k in ("backend", "trainable", "template", "epochs", "batch_size", "lr", "minigpt4")} | {
+# Only the settings a fine-tune uses reach its params, so editing unused ones (LoRA's without trainable: lora, the
+# official backend's under the transformers backend) reruns nothing
+FT_PARAMS = {k: FT[k] for k in (
+    "backend", "trainable", "template", "family", "model_dtype", "gradient_checkpointing", "epochs", "steps",
+    "batch_size", "grad_accum", "checkpoint_every", "lr")} | {
     "instruction": config["dataset"]["instruction"], "device": config["scoring"]["device"]}
-EVAL_PARAMS = {k: v for k, v in config["evaluate"].items() if k != "suite_root"} | {"device": config["scoring"]["device"]}
+if FT["trainable"] == "lora":
+    FT_PARAMS["lora"] = FT["lora"]
+if FT["backend"] == "minigpt4":
+    # one converted base for every subset's evaluation, not one per subset
+    FT_PARAMS["minigpt4"] = FT["minigpt4"] | {"convert_dir": FT["minigpt4"]["convert_dir"] or f"{R}/minigpt4_base"}
+# a fine-tune on several GPUs runs as one process per GPU under torchrun (the official backend launches its own);
+# --standalone gives each job its own rendezvous port, so fine-tunes that share a node do not collide
+FT_LAUNCH = (f"torchrun --standalone --nproc-per-node {FT['gpus']} -m vlselect.cli"
+             if FT["gpus"] > 1 and FT["backend"] == "transformers" else "vlselect")
+# the base model is prompted as its fine-tunes are: same family (the template is recorded by each fine-tune)
+EVAL_PARAMS = {k: v for k, v in config["evaluate"].items() if k not in ("suite_root", "prompts")} | {
+    "device": config["scoring"]["device"], "family": FT["family"]}
 VLM_INPUTS = toy_inputs(VLM)
 LABEL_SEEDS = config["labels"]["seeds"]
 # The selector, and so the selector's final fine-tunes, wait for the labels; the random and full final fine-tunes
@@ -67,6 +82,7 @@ rule finetune_subset:
     params:
         p=as_json(FT_PARAMS | {"seeds": [FT["seed"] + i for i in range(LABEL_SEEDS)]}),
         base=VLM,
+        launch=FT_LAUNCH,
     wildcard_constraints:
         k=r"\d+",
     log:
@@ -78,7 +94,7 @@ rule finetune_subset:
     resources:
         **vlm_resources("finetune", runtime_factor=LABEL_SEEDS),
     shell:
-        "OMP_NUM_THREADS={threads} vlselect finetune-seeds --base-model {params.base:q} --train-dir {input.data} "
+        "OMP_NUM_THREADS={threads} {params.launch} finetune-seeds --base-model {params.base:q} --train-dir {input.data} "
         "--out-dir {output} --params {params.p:q} 2> {log}"
 
 
@@ -116,7 +132,7 @@ rule collect_labels:
     output:
         f"{R}/labels/labels.parquet",
     params:
-        p=as_json({"suites": SUITES}),
+        p=as_json({"suites": SUITE_NAMES}),
     log:
         f"{R}/logs/collect_labels.log",
     benchmark:

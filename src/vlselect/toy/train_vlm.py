@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from vlselect.finetune import DEFAULT_TEMPLATE, answer_loss, encode_batch, generate, split_template
 from vlselect.io import atomic_dir, write_json
 from vlselect.runtime import seed_everything
+from vlselect.vlm import Blip2Adapter, Conversation, answer_loss
+from vlselect.vlm.blip2 import DEFAULT_TEMPLATE
 
 log = logging.getLogger(__name__)
 
@@ -142,16 +143,16 @@ def build_processor(tokenizer, *, image_size: int, num_query_tokens: int):
     return Blip2Processor(image_processor=image_processor, tokenizer=tokenizer, num_query_tokens=num_query_tokens)
 
 
-def caption_f1(model, processor, images, objects, *, template=DEFAULT_TEMPLATE, instruction="", device,
-               batch_size=64, max_new_tokens=48) -> float:
+def caption_f1(model, processor, images, objects, *, template=DEFAULT_TEMPLATE, instruction="", batch_size=64,
+               max_new_tokens=48) -> float:
     """Mean attribute F1 of greedy captions against the objects (vlselect.toy.world.attribute_f1)."""
     from vlselect.toy.world import attribute_f1
 
-    prompt, _ = split_template(template, instruction)
+    adapter = Blip2Adapter(model, processor, template)
     scores = []
     for i in range(0, len(images), batch_size):
-        preds = generate(model, processor, images[i:i + batch_size], [prompt] * len(images[i:i + batch_size]),
-                         max_new_tokens=max_new_tokens, device=device)
+        chunk = images[i:i + batch_size]
+        preds = adapter.generate(chunk, [instruction] * len(chunk), max_new_tokens=max_new_tokens)
         scores += [attribute_f1(p, o) for p, o in zip(preds, objects[i:i + batch_size])]
     return float(np.mean(scores))
 
@@ -183,7 +184,6 @@ def train_toy_vlm(*, corpus_dir: str, out_dir: str, steps: int = 1500, batch_siz
     from tqdm import tqdm
 
     seed_everything(seed)
-    device = torch.device("cpu")
     corpus_dir = Path(corpus_dir)
     df = pd.read_parquet(corpus_dir / "captions.parquet")
     qa = pd.read_parquet(corpus_dir / "qa.parquet")
@@ -211,10 +211,12 @@ def train_toy_vlm(*, corpus_dir: str, out_dir: str, steps: int = 1500, batch_siz
         model.vision_model.requires_grad_(False)
     held_imgs, held_objs = images[n_train:], objects[n_train:]
     model.eval()
-    f1_untrained = caption_f1(model, processor, held_imgs, held_objs, device=device, template=caption_template,
+    f1_untrained = caption_f1(model, processor, held_imgs, held_objs, template=caption_template,
                               instruction=INSTRUCTION)
 
-    cap_prompt, cap_suffix = split_template(caption_template, INSTRUCTION)
+    # captions in the caption template, questions in MiniGPT-4's: one adapter (prompt format) each
+    cap_adapter = Blip2Adapter(model, processor, caption_template)
+    qa_adapter = Blip2Adapter(model, processor, DEFAULT_TEMPLATE)
     n_qa = int(round(qa_share * batch_size))
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.01)
@@ -227,12 +229,11 @@ def train_toy_vlm(*, corpus_dir: str, out_dir: str, steps: int = 1500, batch_siz
         cap_idx = rng.choice(n_train, size=batch_size - n_qa, replace=False)
         qa_idx = rng.choice(n_train, size=n_qa, replace=False)
         loss = 0.0
-        for idx, prompts, targets, suffix in (
-                (cap_idx, [cap_prompt] * len(cap_idx), [captions[i] for i in cap_idx], cap_suffix),
-                (qa_idx, [split_template(DEFAULT_TEMPLATE, questions[i])[0] for i in qa_idx],
-                 [answers[i] for i in qa_idx], split_template(DEFAULT_TEMPLATE, "")[1])):
+        for adapter, idx, turns in (
+                (cap_adapter, cap_idx, [(INSTRUCTION, captions[i]) for i in cap_idx]),
+                (qa_adapter, qa_idx, [(questions[i], answers[i]) for i in qa_idx])):
             if len(idx):
-                batch = encode_batch(processor, num_query_tokens, [images[i] for i in idx], prompts, targets, suffix)
+                batch = adapter.train_batch([Conversation(images[i], [turn]) for i, turn in zip(idx, turns)])
                 loss = loss + answer_loss(model, batch) * len(idx) / batch_size
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -243,9 +244,9 @@ def train_toy_vlm(*, corpus_dir: str, out_dir: str, steps: int = 1500, batch_siz
             bar.set_postfix(loss=f"{loss.item():.3f}")
     train_s = time.time() - t0
     model.eval()
-    f1_trained = caption_f1(model, processor, held_imgs, held_objs, device=device, template=caption_template,
+    f1_trained = caption_f1(model, processor, held_imgs, held_objs, template=caption_template,
                             instruction=INSTRUCTION)
-    qa_acc = _qa_accuracy(model, processor, held_imgs, qa.iloc[n_train:], device=device)
+    qa_acc = _qa_accuracy(model, processor, held_imgs, qa.iloc[n_train:])
     metrics = {"heldout_caption_f1": f1_trained, "untrained_caption_f1": f1_untrained, "heldout_qa_accuracy": qa_acc,
                "n_heldout": n_heldout, "n_train": n_train, "steps": steps, "batch_size": batch_size, "lr": lr,
                "seed": seed, "qa_share": qa_share, "final_loss": loss.item(), "train_seconds": round(train_s, 1),
@@ -259,7 +260,7 @@ def train_toy_vlm(*, corpus_dir: str, out_dir: str, steps: int = 1500, batch_siz
     return metrics
 
 
-def _qa_accuracy(model, processor, images, qa: pd.DataFrame, *, device, batch_size: int = 64) -> float:
+def _qa_accuracy(model, processor, images, qa: pd.DataFrame, *, batch_size: int = 64) -> float:
     """Accuracy on held-out corpus questions, scored like the suites they mirror."""
     from vlselect.suites import Item, score_item
 
@@ -267,10 +268,11 @@ def _qa_accuracy(model, processor, images, qa: pd.DataFrame, *, device, batch_si
     items = [Item(id=str(i), image_path="", question=r["question"], answer=r["answer"],
                   choices=None if r["choices"] is None else list(r["choices"]), metric=r["metric"])
              for i, r in enumerate(rows)]
+    adapter = Blip2Adapter(model, processor, DEFAULT_TEMPLATE)
     scores = []
     for i in range(0, len(items), batch_size):
         chunk = items[i:i + batch_size]
-        prompts = [split_template(DEFAULT_TEMPLATE, _qa_instruction(r))[0] for r in rows[i:i + batch_size]]
-        preds = generate(model, processor, images[i:i + batch_size], prompts, max_new_tokens=8, device=device)
+        questions = [_qa_instruction(r) for r in rows[i:i + batch_size]]
+        preds = adapter.generate(images[i:i + batch_size], questions, max_new_tokens=8)
         scores += [score_item(it, p) for it, p in zip(chunk, preds)]
     return float(np.mean(scores))

@@ -35,6 +35,7 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
+DEFAULT_WEIGHTS = {"clip": 1.0, "reward": 1.0, "length": 1.0, "gpt": 1.0}  # the schema's selection.weights default
 
 
 def snakemake(repo: Path, workdir: Path, *args: str, check: bool = True) -> tuple[float, str, int]:
@@ -62,7 +63,8 @@ def timed_dry_runs(repos: list[Path], workdir: Path, args: list[str], repeats: i
         for repo in repos:
             took, out, status = snakemake(repo, workdir, "-n", "--quiet", "rules", *args, check=False)
             if status != 0:
-                errors = [line.strip() for line in out.splitlines() if "is not of type" in line or "Error" in line]
+                lines = [line.strip() for line in out.splitlines()]
+                errors = [line for line in lines if "is not of type" in line] + [line for line in lines if "Error" in line]
                 result[repo] = {"error": errors[0] if errors else f"exit status {status}"}
                 continue
             seconds[repo].append(took)
@@ -134,15 +136,17 @@ def main() -> int:
         shutil.copy(run / "config.yaml", copy / "config.yaml")
         print(report_row("finished run (nothing to do)", timed_dry_runs(repos, copy, [], args.repeats)))
 
-        # the same weight change three ways; all three must plan the same jobs
-        value = config["selection"]["weights"].get(args.indicator, 1.0) * args.factor
-        change = {"selection": {"weights": {args.indicator: value}}}
+        # the same weight change three ways, each giving all four weights (a weights object replaces the schema's
+        # default as a whole); all three must plan the same jobs
+        weights = dict(config.get("selection", {}).get("weights") or DEFAULT_WEIGHTS)
+        weights[args.indicator] = weights.get(args.indicator, 1.0) * args.factor
+        change = {"selection": {"weights": weights}}
         (copy / "override.yaml").write_text(yaml.safe_dump(change))
         ways = {"second --configfile": ["--configfile", str(copy / "config.yaml"), str(copy / "override.yaml")],
                 "--config on the command line": ["--config", f"selection={json.dumps(change['selection'])}"]}
         plans = {way: timed_dry_runs(repos, copy, extra, args.repeats) for way, extra in ways.items()}
         edited = yaml.safe_load((run / "config.yaml").read_text())
-        edited["selection"]["weights"][args.indicator] = value
+        edited.setdefault("selection", {})["weights"] = weights
         (copy / "config.yaml").write_text(yaml.safe_dump(edited, sort_keys=False))
         plans = {"config.yaml edited": timed_dry_runs(repos, copy, [], args.repeats)} | plans
         for way, by_repo in plans.items():

@@ -163,6 +163,12 @@ def test_instructblip_qformer_reads_the_question_with_the_image(tiny_dirs):
     assert qtok.batch_decode(batch["qformer_input_ids"], skip_special_tokens=True) == first_questions
     gen = adapter.generation_batch([c.image for c in CONVERSATIONS], ["Which colour?", "How many?"])
     assert qtok.batch_decode(gen["qformer_input_ids"], skip_special_tokens=True) == ["Which colour?", "How many?"]
+    # the language model sees the image's query tokens first, then BOS, as InstructBlipProcessor and LAVIS build it
+    q, tok = adapter.model.config.num_query_tokens, adapter.processor.tokenizer
+    image_id = adapter.model.config.image_token_index
+    for ids in (batch["input_ids"][0], gen["input_ids"][-1]):
+        start = int((ids == tok.pad_token_id).long().argmin()) if ids[0] == tok.pad_token_id else 0
+        assert ids[start:start + q].tolist() == [image_id] * q and ids[start + q] == tok.bos_token_id
 
 
 def test_chat_adapter_takes_a_jinja_template_and_refuses_a_minigpt4_one(tiny_dirs):

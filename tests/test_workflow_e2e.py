@@ -39,8 +39,14 @@ def test_every_stage_wrote_its_outputs(run):
     assert (labels["n_seeds"] == config["labels"]["seeds"]).all() and labels["seed_sd"].notna().all()
     evaluated = json.loads((r / "labels" / "eval" / "subset_0.json").read_text())
     assert sorted(evaluated["seeds"]) == [str(config["finetune"].get("seed", 0) + i) for i in range(config["labels"]["seeds"])]
+    # the real-layout suite (VSR's files) was answered and scored in both stages, from its own split
+    assert evaluated["seeds"]["0"]["suites"]["vsr"]["n"] == 12 and "acc_vsr" in labels.columns
+    final_eval = json.loads((r / "final" / "eval" / "base.json").read_text())
+    assert final_eval["split"] == "test" and final_eval["suites"]["vsr"]["n"] == 12
+    assert {i["id"] for i in final_eval["suites"]["vsr"]["items"]}.isdisjoint(
+        {i["id"] for i in evaluated["seeds"]["0"]["suites"]["vsr"]["items"]})
     table = pd.read_csv(r / "final" / "table.csv")
-    assert len(table) == 1 + len(config["final"]["methods"])
+    assert len(table) == 1 + len(config["final"]["methods"]) and "vsr_mean" in table.columns
     judge = json.loads((r / "final" / "judge.json").read_text())
     assert judge["comparisons"]
     for name in ("indicators", "correlation", "embedding_map", "labels", "gallery", "final_table", "judge"):
@@ -86,7 +92,7 @@ def test_weights_given_with_config_on_the_command_line_plan_the_same_jobs_as_an_
     the schema wants, so the command line and a second config file plan the same selection jobs and nothing upstream.
     """
     workdir, config = run
-    weights = {"clip": 2.0, "reward": 1.0, "length": 0.5}  # gpt left out: both ways merge into config.yaml key by key
+    weights = {"clip": 2.0, "reward": 1.0, "length": 0.5, "gpt": 1.0}
     override = workdir / "weights_override.yaml"
     override.write_text(yaml.safe_dump({"selection": {"weights": weights}}))
     try:

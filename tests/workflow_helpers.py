@@ -15,6 +15,10 @@ SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 
 def tiny_config(**overrides) -> dict:
     config = yaml.safe_load((REPO / "tests" / "config_tiny.yaml").read_text())
+    for stage in ("labels", "final"):
+        for suite in config[stage]["suites"]:
+            if isinstance(suite, dict):
+                suite["path"] = str(REPO / suite["path"])
     for dotted, value in overrides.items():
         node = config
         *parents, leaf = dotted.split(".")

@@ -45,10 +45,24 @@ class Blip2Adapter(VLMAdapter):
     model_types = ("blip-2",)
     projection = ("language_projection",)
     language_model = ("language_model",)
+    # MiniGPT-4 starts every sequence with BOS; InstructBLIP (LAVIS, transformers) puts the query tokens before it
+    queries_before_bos = False
 
     def __init__(self, model, processor, template: str | None = None):
         super().__init__(model, processor, template or DEFAULT_TEMPLATE)
-        split_template(self.template, "")  # a template without an answer slot fails here, not mid-training
+        prompt, _ = split_template(self.template, "")  # a template without an answer slot fails here, not mid-training
+        if self.queries_before_bos and not prompt.startswith(IMAGE_SLOT):
+            raise ValueError(f"the {self.family} template must start with {IMAGE_SLOT}: its query tokens come before "
+                             f"the BOS token; got {self.template!r}")
+
+    def _first_prompt(self, question: str) -> list[int]:
+        """The first turn's prompt with BOS where the family puts it (before or after the image's query tokens)."""
+        prompt = self._prompt_ids(question, with_image=True)
+        bos = self.processor.tokenizer.bos_token_id
+        if not self.queries_before_bos:
+            return [bos] + prompt
+        q = self.model.config.num_query_tokens
+        return prompt[:q] + [bos] + prompt[q:]
 
     def _prompt_ids(self, question: str, *, with_image: bool) -> list[int]:
         tok = self.processor.tokenizer
@@ -90,9 +104,9 @@ class Blip2Adapter(VLMAdapter):
         _, suffix = split_template(self.template, "")
         rows, label_rows = [], []
         for conv in conversations:
-            ids, labels = [tok.bos_token_id], [-100]
+            ids, labels = [], []
             for k, (question, answer) in enumerate(conv.turns):
-                prompt = self._prompt_ids(question, with_image=k == 0)
+                prompt = self._first_prompt(question) if k == 0 else self._prompt_ids(question, with_image=False)
                 target = _ids(tok, answer + suffix) + [tok.eos_token_id]
                 ids += prompt + target
                 labels += [-100] * len(prompt) + target
@@ -102,8 +116,7 @@ class Blip2Adapter(VLMAdapter):
 
     def generation_batch(self, images: list, questions: list[str]) -> dict:
         """``[bos] prompt`` per (image, question), left-padded: the inputs :meth:`generate` continues."""
-        bos = self.processor.tokenizer.bos_token_id
-        return self._encode([[bos] + self._prompt_ids(q, with_image=True) for q in questions], None, images)
+        return self._encode([self._first_prompt(q) for q in questions], None, images)
 
     def generate(self, images: list, questions: list[str], *, max_new_tokens: int) -> list[str]:
         import torch

@@ -6,8 +6,7 @@ tokens, the instruction, the answer and the end-of-sequence token, with no conve
 goes through its own (BERT) tokenizer, ``processor.qformer_tokenizer``, as ``InstructBlipProcessor`` does: it gets
 the question that comes with the image (a conversation's first user turn).
 
-One difference from ``InstructBlipProcessor`` and LAVIS, which put the query tokens before the BOS token: the
-inherited MiniGPT-4 encoding puts BOS first and the query tokens at the template's image slot.
+As in ``InstructBlipProcessor`` and LAVIS, the query tokens come before the BOS token (``queries_before_bos``).
 """
 
 from __future__ import annotations
@@ -24,6 +23,7 @@ class InstructBlipAdapter(Blip2Adapter):
 
     family = "instructblip"
     model_types = ("instructblip",)
+    queries_before_bos = True
 
     def __init__(self, model, processor, template: str | None = None):
         super().__init__(model, processor, template or DEFAULT_TEMPLATE)

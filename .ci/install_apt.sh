@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Install the Debian packages the local-SLURM test needs (slurm-wlm, munge).
-# Idempotent: does nothing when the daemons and the client are already on PATH,
+# Install the Debian packages the tests need: slurm-wlm and munge (the local-SLURM test) and a Java
+# runtime (pycocoevalcap's caption tokenizer, for CIDEr and BLEU-4).
+# Idempotent: does nothing when the daemons, the client and java are already on PATH,
 # so CI images that pre-install them (or a second run) skip apt entirely.
 set -euo pipefail
 
-if command -v slurmctld >/dev/null && command -v sbatch >/dev/null && command -v munged >/dev/null; then
-    echo "install_apt: slurm-wlm and munge already installed"
+if command -v slurmctld >/dev/null && command -v sbatch >/dev/null && command -v munged >/dev/null \
+        && command -v java >/dev/null; then
+    echo "install_apt: slurm-wlm, munge and java already installed"
     exit 0
 fi
 
@@ -18,5 +20,7 @@ export DEBIAN_FRONTEND=noninteractive
 # One index refresh, then install; --no-install-recommends keeps the image small
 # (the recommends pull in slurmdbd/mysql docs we do not use).
 apt-get update
-apt-get install -y --no-install-recommends slurm-wlm munge
-echo "install_apt: installed $(dpkg-query -W -f='${Package} ${Version} ' slurm-wlm munge)"
+packages="slurm-wlm munge"
+command -v java >/dev/null || packages="$packages default-jre-headless"
+apt-get install -y --no-install-recommends $packages
+echo "install_apt: installed $(dpkg-query -W -f='${Package} ${Version} ' $packages)"

@@ -212,11 +212,9 @@ def test_finetune_saves_only_trainable_and_loads_on_base(base, train_dir, tmp_pa
             assert torch.equal(p, dict(plain.named_parameters())[name]), name
 
 
-def test_resume_after_kill_gives_same_weights(base, train_dir, tmp_path, monkeypatch):
-    kw = dict(base_model=str(base), train_dir=str(train_dir), epochs=3, batch_size=8, lr=1e-2, seed=3, device="cpu")
-    finetune(out_dir=str(tmp_path / "straight"), **kw)
-
-    # simulate kill -9 right after the first epoch's checkpoint
+def _die_after_first_checkpoint(monkeypatch, out, **kw):
+    """Run :func:`finetune` into ``out`` until its first checkpoint is written, then stop as a killed job would;
+    return the checkpoint's state."""
     real_save = ft._save_ckpt
 
     def save_then_die(*args, **kwargs):
@@ -224,20 +222,23 @@ def test_resume_after_kill_gives_same_weights(base, train_dir, tmp_path, monkeyp
         raise KeyboardInterrupt("killed")
 
     monkeypatch.setattr(ft, "_save_ckpt", save_then_die)
-    out = tmp_path / "resumed"
     with pytest.raises(KeyboardInterrupt):
         finetune(out_dir=str(out), **kw)
-    assert not out.exists()  # a partial run never leaves an output dir that looks complete
-    state = torch.load(Path(str(out) + ".ckpt") / "state.pt", weights_only=True)
-    assert state["epoch"] == 1
     monkeypatch.setattr(ft, "_save_ckpt", real_save)
+    return torch.load(Path(str(out) + ".ckpt") / "state.pt", weights_only=True)
+
+
+def test_resume_after_kill_gives_same_weights(base, train_dir, tmp_path, monkeypatch):
+    kw = dict(base_model=str(base), train_dir=str(train_dir), epochs=3, batch_size=8, lr=1e-2, seed=3, device="cpu")
+    finetune(out_dir=str(tmp_path / "straight"), **kw)
+
+    out = tmp_path / "resumed"
+    assert _die_after_first_checkpoint(monkeypatch, out, **kw)["epoch"] == 1
+    assert not out.exists()  # a partial run never leaves an output dir that looks complete
     finetune(out_dir=str(out), **kw)
 
     # a checkpoint left by other settings is not resumed
-    monkeypatch.setattr(ft, "_save_ckpt", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        finetune(out_dir=str(tmp_path / "stale"), **{**kw, "lr": 5e-3})
-    monkeypatch.setattr(ft, "_save_ckpt", real_save)
+    _die_after_first_checkpoint(monkeypatch, tmp_path / "stale", **{**kw, "lr": 5e-3})
     finetune(out_dir=str(tmp_path / "stale"), **kw)
     a, b = load_file(tmp_path / "straight" / "trainable.safetensors"), load_file(out / "trainable.safetensors")
     d = load_file(tmp_path / "stale" / "trainable.safetensors")
@@ -248,23 +249,39 @@ def test_resume_after_kill_gives_same_weights(base, train_dir, tmp_path, monkeyp
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
+def test_a_finetune_killed_with_sigkill_resumes_to_the_same_weights(base, train_dir, tmp_path):
+    """A real process killed with SIGKILL mid-run (no exception, no clean-up) resumes from its last checkpoint
+    and ends with the weights of an uninterrupted run."""
+    import signal
+    import time
+
+    settings = {"steps": 300, "checkpoint_every": 5, "batch_size": 4, "lr": 1e-2, "seed": 5, "device": "cpu"}
+    finetune(base_model=str(base), train_dir=str(train_dir), out_dir=str(tmp_path / "straight"), **settings)
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "vlselect.cli", "finetune", "--base-model", str(base), "--train-dir",
+           str(train_dir), "--out-dir", str(out), "--params", json.dumps(settings)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
+    checkpoint = Path(str(out) + ".ckpt") / "state.pt"
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL and not out.exists(), "the run ended before it could be killed"
+    killed_at = torch.load(checkpoint, weights_only=True)["step"]
+    assert 0 < killed_at < settings["steps"]
+    subprocess.run(cmd, env=env, check=True, stderr=subprocess.DEVNULL)
+    assert_same(load_weights(tmp_path / "straight"), load_weights(out))
+
+
 def test_resume_mid_epoch_with_steps_gives_same_weights(base, train_dir, tmp_path, monkeypatch):
     kw = dict(base_model=str(base), train_dir=str(train_dir), steps=5, checkpoint_every=2, batch_size=4, lr=1e-2,
               seed=2, device="cpu", trainable=["language_projection", "language_model"])
     finetune(out_dir=str(tmp_path / "straight"), **kw)
-    real_save = ft._save_ckpt
-
-    def save_then_die(*args, **kwargs):
-        real_save(*args, **kwargs)
-        raise KeyboardInterrupt("killed")
-
-    monkeypatch.setattr(ft, "_save_ckpt", save_then_die)
     out = tmp_path / "resumed"
-    with pytest.raises(KeyboardInterrupt):
-        finetune(out_dir=str(out), **kw)
-    state = torch.load(Path(str(out) + ".ckpt") / "state.pt", weights_only=True)
+    state = _die_after_first_checkpoint(monkeypatch, out, **kw)
     assert state["step"] == 2 and state["epoch"] == 0  # every 2 steps, before the first epoch (5 steps) ends
-    monkeypatch.setattr(ft, "_save_ckpt", real_save)
     finetune(out_dir=str(out), **kw)
     assert_same(load_weights(tmp_path / "straight"), load_weights(out))
 

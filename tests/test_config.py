@@ -99,3 +99,8 @@ def test_coercion_follows_any_of_and_one_of_branches():
         "lr": {"oneOf": [{"type": "number"}, {"type": "null"}]}}}
     assert validate_config({"epochs": "3", "lr": "0.5"}, schema) == {"epochs": 3, "lr": 0.5}
     assert validate_config({"epochs": "auto", "lr": "~"}, schema) == {"epochs": "auto", "lr": None}
+
+
+def test_overriding_one_weight_keeps_the_others():
+    config = validate_config({"selection": {"weights": {"clip": "2.0"}}})
+    assert config["selection"]["weights"] == {"clip": 2.0, "reward": 1.0, "length": 1.0, "gpt": 1.0}

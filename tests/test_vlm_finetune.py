@@ -558,3 +558,10 @@ def test_a_clip_with_a_pre_norm_or_a_resnet_tower_is_refused(tmp_path):
     (tmp_path / f"{MODEL_NAME}.json").write_text(json.dumps(toy_clip_config(64, tower="resnet")))
     with pytest.raises(ValueError, match="ResNet image tower.*toy.models.vision"):
         clip_vision_tower(tmp_path)
+
+
+def test_a_base_model_dir_is_evaluated_in_the_configured_dtype(base):
+    from vlselect.vlm import load_adapter
+
+    assert load_adapter(base, "cpu", model_dtype="bfloat16").model.dtype == torch.bfloat16
+    assert load_adapter(base, "cpu").model.dtype == torch.float32

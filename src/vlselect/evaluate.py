@@ -69,13 +69,14 @@ def _seed_mean(values: list) -> float | None:
 
 def evaluate(*, model_dir: str, suites: list, out: str, suite_root: str | None = None, split: str = "val",
              batch_size: int = 64, max_new_tokens: int = 64, device: str = "auto", base_model: str | None = None,
-             template: str | None = None, family: str = "auto") -> dict:
+             template: str | None = None, family: str = "auto", model_dtype: str = "float32") -> dict:
     """Answer every item of ``suites`` with the model in ``model_dir`` and write the eval JSON to ``out``.
 
     ``suites`` holds toy-layout names (under ``suite_root``) or spec dicts {"name","format","path"} for local copies
     of real benchmarks. ``template`` overrides the one recorded by the fine-tune (the base model has none recorded and
     uses its family's default); ``family`` forces an adapter (``auto``: the one the fine-tune recorded, else the one
-    for the model's type), so that the base model is prompted as its fine-tunes were. A dir of several seeds'
+    for the model's type), so that the base model is prompted as its fine-tunes were; ``model_dtype`` is the dtype a
+    base model dir loads in (a fine-tune loads in the one it was trained with). A dir of several seeds'
     fine-tunes (:func:`seed_dirs`) is evaluated seed by seed: each suite's accuracy is then the mean over seeds,
     ``seeds`` holds every seed's own results and answers, and ``seed_sd`` the spread of the seeds' mean accuracies
     (None for one seed). Returns the written dict.
@@ -87,7 +88,8 @@ def evaluate(*, model_dir: str, suites: list, out: str, suite_root: str | None =
     per_seed = {}
     for run in runs or [Path(model_dir)]:
         seed_everything(0)
-        adapter = load_adapter(run, dev, base_model=base_model, template=template, family=family)
+        adapter = load_adapter(run, dev, base_model=base_model, template=template, family=family,
+                               model_dtype=model_dtype)
         if runs:
             log.info("seed %s", run.name[5:])
         per_seed[run.name[5:] if runs else "model"] = _answer_suites(

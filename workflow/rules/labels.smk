@@ -18,7 +18,7 @@ FT_LAUNCH = (f"torchrun --standalone --nproc-per-node {FT['gpus']} -m vlselect.c
              if FT["gpus"] > 1 and FT["backend"] == "transformers" else "vlselect")
 # the base model is prompted as its fine-tunes are: same family (the template is recorded by each fine-tune)
 EVAL_PARAMS = {k: v for k, v in config["evaluate"].items() if k not in ("suite_root", "prompts")} | {
-    "device": config["scoring"]["device"], "family": FT["family"]}
+    "device": config["scoring"]["device"], "family": FT["family"], "model_dtype": FT["model_dtype"]}
 VLM_INPUTS = toy_inputs(VLM)
 LABEL_SEEDS = config["labels"]["seeds"]
 # The selector, and so the selector's final fine-tunes, wait for the labels; the random and full final fine-tunes

@@ -78,11 +78,12 @@ def load_finetuned(path: str | os.PathLike, device="auto", base_model: str | Non
 
 
 def load_adapter(model_dir: str | os.PathLike, device="auto", *, base_model: str | None = None,
-                 template: str | None = None, family: str = "auto") -> VLMAdapter:
+                 template: str | None = None, family: str = "auto", model_dtype: str = "float32") -> VLMAdapter:
     """The adapter for evaluating ``model_dir``: a fine-tune output (``finetune.json``) on its base, or a model dir.
 
     ``template`` and ``family`` (unless ``auto``) override what the fine-tune recorded; a model dir records
-    neither, so its family comes from its config's model type and its template is the family's default.
+    neither, so its family comes from its config's model type and its template is the family's default, and its
+    weights load in ``model_dtype`` (a fine-tune's load in the dtype it was trained with).
     """
     model_dir = Path(model_dir)
     if (model_dir / "finetune.json").exists():
@@ -90,7 +91,7 @@ def load_adapter(model_dir: str | os.PathLike, device="auto", *, base_model: str
         model, processor = load_finetuned(model_dir, device, base_model=base_model)
     elif (model_dir / "config.json").exists():
         info = {}
-        model, processor = load_base(model_dir, device)
+        model, processor = load_base(model_dir, device, dtype=model_dtype)
     else:
         raise FileNotFoundError(f"{model_dir} is neither a fine-tune output (finetune.json) nor a model dir "
                                 "(config.json)")

@@ -11,7 +11,8 @@ import scipy.sparse as sp
 from sklearn.metrics import adjusted_rand_score
 
 from vlselect.io import read_parquet_metadata, write_npy, write_parquet
-from vlselect.selection import cluster_quotas, import_scores, knn_affinity, select, spectral_clusters
+from vlselect.selection import (cluster_quotas, import_embeddings, import_scores, knn_affinity, select,
+                               spectral_clusters)
 
 N = 300
 
@@ -178,4 +179,72 @@ def test_import_scores_then_select(world):
            clusters=base["clusters"], out_dir=str(root / "g"), n_select=5, quota_m=50)
     assert read(root / "g")[0]["sample_id"].tolist() == ["id0000", "id0001", "id0002", "id0003", "id0004"]
     with pytest.raises(ValueError, match="lacks column"):
-        import_scores(path=str(root / "ext.csv"), out_dir=str(root / "bad"), columns={"clip": "nope"}, id_column="id")
+        import_scores(path=str(root / "ext.csv"), out_dir=str(root / "bad"), columns={"clip": "nope"}, id_column="id",
+                      manifest=base["manifest"])
+
+
+def test_import_scores_marks_absent_examples_failed_below_the_threshold(world):
+    root, ids, raw, _, base = world
+    # two manifest examples absent, one present with an empty value, one row for an example outside the manifest
+    kept = ids[2:]
+    ext = pd.DataFrame({"id": kept + ["quarantined"], "r": np.r_[np.nan, raw["reward"][3:], 0.0]})
+    ext.to_parquet(root / "ext.parquet")
+    import_scores(path=str(root / "ext.parquet"), out_dir=str(root / "imp"), columns={"reward": "r"}, id_column="id",
+                  manifest=base["manifest"], max_missing_fraction=0.01)
+    assert sorted(p.name for p in (root / "imp").iterdir()) == ["reward.parquet"]  # only the mapped indicator
+    out = pd.read_parquet(root / "imp" / "reward.parquet")
+    assert out["sample_id"].tolist() == ids
+    assert out["status"].tolist()[:4] == ["failed", "failed", "skipped", "ok"]
+    assert out["score"].iloc[:3].isna().all() and (out["status"] == "ok").sum() == N - 3
+
+
+def test_import_scores_stops_above_the_threshold_listing_absent_ids(world):
+    root, ids, raw, _, base = world
+    pd.DataFrame({"id": ids[10:], "c": raw["clip"][10:]}).to_csv(root / "ext.csv", index=False)
+    with pytest.raises(ValueError, match=r"no row for 10 of the 300 .*max_missing_fraction=0.01.*id0000, id0001"):
+        import_scores(path=str(root / "ext.csv"), out_dir=str(root / "imp"), columns={"clip": "c"}, id_column="id",
+                      manifest=base["manifest"], max_missing_fraction=0.01)
+    assert not (root / "imp").exists()
+
+
+def test_import_scores_without_columns_is_a_usage_error_not_a_type_error(world):
+    from vlselect.cli import main
+
+    root, ids, raw, _, base = world
+    pd.DataFrame({"sample_id": ids, "c": raw["clip"]}).to_csv(root / "ext.csv", index=False)
+    args = ["import-scores", "--path", str(root / "ext.csv"), "--manifest", base["manifest"], "--out-dir",
+            str(root / "imp"), "--params"]
+    with pytest.raises(SystemExit, match="missing --columns"):
+        main(args + ["{}"])
+    with pytest.raises(SystemExit, match="columns.*quality"):
+        main(args + ['{"columns": {"quality": "c"}}'])
+    assert not (root / "imp").exists()
+
+
+def test_import_embeddings_follow_the_manifest_and_need_every_example(world):
+    root, ids, _, _, base = world
+    x = np.arange(N * 2, dtype=np.float32).reshape(N, 2)
+    np.save(root / "emb.npy", x[::-1])
+    pd.DataFrame({"sample_id": ids[::-1]}).to_csv(root / "emb_ids.csv", index=False)
+    import_embeddings(image=str(root / "emb.npy"), ids=str(root / "emb_ids.csv"), manifest=base["manifest"],
+                      out_dir=str(root / "prov"))
+    assert np.array_equal(np.load(root / "prov" / "image.npy"), x)
+    assert pd.read_parquet(root / "prov" / "ids.parquet")["sample_id"].tolist() == ids
+    np.save(root / "short.npy", x[1:])
+    pd.DataFrame({"sample_id": ids[1:]}).to_csv(root / "short_ids.csv", index=False)
+    with pytest.raises(ValueError, match="no embedding for 1 of the 300 .*id0000"):
+        import_embeddings(image=str(root / "short.npy"), ids=str(root / "short_ids.csv"), manifest=base["manifest"],
+                          out_dir=str(root / "prov2"))
+
+
+def test_without_clusters_a_diversity_method_ranks_by_score_alone(world):
+    root, ids, _, _, base = world
+    # the best examples all sit in the first (largest) cluster
+    clip = score_file(root / "ordered" / "clip.parquet", ids, -np.arange(N, dtype=float), "clip")
+    select(method="clip_only", manifest=base["manifest"], scores=[clip], out_dir=str(root / "nc"), n_select=20)
+    picked = read(root / "nc")[0]
+    assert picked["sample_id"].tolist() == ids[:20] and picked["cluster"].isna().all()
+    # with clusters the quotas take the third cluster's best too (ids from 250 on)
+    select(method="clip_only", manifest=base["manifest"], scores=[clip], clusters=base["clusters"],
+           out_dir=str(root / "q"), n_select=20, quota_m=22)
+    assert "id0250" in read(root / "q")[0]["sample_id"].tolist()

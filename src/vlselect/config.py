@@ -145,11 +145,13 @@ def check_real_run(config: dict[str, Any]) -> None:
     missing = []
     if not config["dataset"]["root"]:
         missing.append("dataset.root: the folder of the dataset to select from")
-    if not config["selection"]["external_scores"]:
-        if not config["models"]["clip"]["pretrained"] and not config["models"]["clip"]["model"].startswith("local-dir:"):
-            missing.append("models.clip.pretrained: a CLIP checkpoint path or a cached open_clip tag")
-        if not config["models"]["reward"]["path"]:
-            missing.append("models.reward.path: a reward model folder or a cached Hugging Face id")
+    clip_uses = clip_embedding_uses(config)
+    clip = config["models"]["clip"]
+    if clip_uses and not clip["pretrained"] and not clip["model"].startswith("local-dir:"):
+        missing.append(f"models.clip.pretrained: a CLIP checkpoint path or a cached open_clip tag "
+                       f"(for {', '.join(clip_uses)})")
+    if not config["selection"]["external_scores"] and not config["models"]["reward"]["path"]:
+        missing.append("models.reward.path: a reward model folder or a cached Hugging Face id")
     if config["finetune"]["backend"] == "minigpt4":
         missing += [f"finetune.minigpt4.{key}: {what}" for key, what in
                     (("repo", "your MiniGPT-4 checkout"), ("ckpt", "the stage-1 checkpoint (.pth)"),
@@ -168,6 +170,50 @@ def check_real_run(config: dict[str, Any]) -> None:
                           + "\n  ".join(missing)
                           + "\nSet them in your config file (configs/minigpt4.yaml and configs/llava.yaml are "
                             "templates with every such key marked).")
+
+
+def clip_embedding_uses(config: dict[str, Any]) -> list[str]:
+    """What in ``config`` runs the CLIP model; empty when nothing does, so a run can do without CLIP weights.
+
+    With ``selection.external_scores`` the CLIP score is not computed, but the CLIP image embeddings still are for
+    the image clusters and for the selector, whose inputs are PCA features of the image and answer embeddings.
+    """
+    uses = []
+    if not config["selection"]["external_scores"]:
+        uses.append("the CLIP score")
+    if config["selection"]["clusters"] == "image":
+        uses.append("selection.clusters: image")
+    if "selector" in config["selection"]["methods"] + config["final"]["methods"]:
+        uses.append("the selector's features")
+    return uses
+
+
+def check_external_scores(config: dict[str, Any]) -> None:
+    """Refuse, when the DAG is built, a selection that needs what the run does not have.
+
+    With ``selection.external_scores`` only the indicators named in its ``columns`` exist, so an
+    ``<indicator>_only`` method for another one, or ``selection.weights`` on none of them, would otherwise fail
+    after the import; ``selection.clusters: provided`` needs the embeddings brought with the scores.
+    """
+    sel = config["selection"]
+    external = sel["external_scores"]
+    problems = []
+    if sel["clusters"] == "provided" and not (external and external["embeddings"]):
+        problems.append("selection.clusters is 'provided' but selection.external_scores.embeddings is not set; "
+                        "set it ({image: embeddings.npy, ids: ids.parquet}) or use clusters: image or none")
+    if external:
+        have = sorted(external["columns"])
+        methods = sel["methods"] + [m for m in config["final"]["methods"] if m not in sel["methods"]]
+        for method in methods:
+            if method.endswith("_only") and method[: -len("_only")] not in have:
+                problems.append(f"method {method!r} needs the indicator {method[: -len('_only')]!r}, which "
+                                f"selection.external_scores.columns does not provide (it has {', '.join(have)}); "
+                                "add a column for it or remove the method")
+        if {"weights", "no_cluster"} & set(methods) and not any(sel["weights"].get(k) for k in have):
+            problems.append(f"methods 'weights' and 'no_cluster' need a nonzero selection.weights entry for one of "
+                            f"the imported indicators ({', '.join(have)})")
+    if problems:
+        raise ConfigError("selection settings the run cannot satisfy:\n  " + "\n  ".join(problems))
 
 
 def check_gpu_counts(config: dict[str, Any]) -> None:

@@ -23,7 +23,7 @@ from sklearn.cluster import SpectralClustering
 from sklearn.neighbors import kneighbors_graph
 
 from vlselect.indicators import read_indicators, zscore
-from vlselect.io import read_parquet_metadata, sha256_file, write_parquet
+from vlselect.io import read_parquet_metadata, sha256_file, write_npy, write_parquet
 from vlselect.subsets import load_image_features
 
 log = logging.getLogger(__name__)
@@ -98,6 +98,16 @@ def diverse_top(score: np.ndarray, ids: np.ndarray, cluster: np.ndarray, n_selec
     return pool[_order(score[pool], ids[pool])][:n_select]
 
 
+def _top(score: np.ndarray, ids: np.ndarray, n_select: int) -> np.ndarray:
+    """The best n_select by score alone (no cluster quotas); examples with a NaN score are never chosen."""
+    ranked = _order(score, ids)
+    ranked = ranked[np.isfinite(score[ranked])]
+    if len(ranked) < n_select:
+        raise ValueError(f"only {len(ranked)} examples have a score, fewer than n_select={n_select}; lower "
+                         "selection.n_select or score more examples")
+    return ranked[:n_select]
+
+
 def _why(z: pd.DataFrame, weights: dict[str, float] | None, quality_z: np.ndarray | None) -> list[str]:
     """Short text naming the (at most two) indicators that carried each example, e.g. "clip +1.8σ, reward +1.2σ".
 
@@ -119,14 +129,15 @@ def _why(z: pd.DataFrame, weights: dict[str, float] | None, quality_z: np.ndarra
     return out
 
 
-def select(*, method: str, manifest: str, scores: list[str], clusters: str | None, out_dir: str,
+def select(*, method: str, manifest: str, scores: list[str], out_dir: str, clusters: str | None = None,
            n_select: int = 200, quota_m: int = 204, weights: dict[str, float] | None = None,
            predictions: str | None = None, seed: int = 0) -> None:
     """Select n_select examples by ``method``; write selected/rejected/ids parquet files under ``out_dir``.
 
     Methods: selector (learned quality), weights (weighted z-scores), <indicator>_only (one indicator), all
-    three with the cluster quotas; no_cluster (weighted z-scores, no quotas); random (seeded draw); full
-    (every example). selected.parquet: sample_id, rank (1 = best), score, cluster, why, each indicator's
+    three with the cluster quotas (without ``clusters``, selection.clusters: none, by score alone: one cluster
+    holding every example would give the same picks); no_cluster (weighted z-scores, no quotas); random (seeded
+    draw); full (every example). selected.parquet: sample_id, rank (1 = best), score, cluster, why, each indicator's
     raw value and <name>_z, and quality for the selector; rejected.parquet: the rest, rank null;
     ids.parquet: sample_id in rank order (what export reads).
     """
@@ -147,8 +158,6 @@ def select(*, method: str, manifest: str, scores: list[str], clusters: str | Non
             raise ValueError(f"{clusters} has no cluster for {int(cluster_s.isna().sum())} manifest examples; "
                              "re-run spectral_clusters on the current features")
         cluster = cluster_s.to_numpy()
-    elif method in DIVERSITY:
-        raise ValueError(f"method {method!r} needs clusters (selection/clusters.parquet)")
     table["cluster"] = pd.array(cluster, dtype="Int64") if cluster is not None else pd.array([None] * n, "Int64")
 
     used_weights = None
@@ -193,8 +202,8 @@ def select(*, method: str, manifest: str, scores: list[str], clusters: str | Non
         raise ValueError(f"n_select={n_select} exceeds the {n} examples in the manifest; lower selection.n_select")
     elif method == "random":
         chosen = np.random.default_rng(seed).choice(n, size=n_select, replace=False)
-    elif method == "no_cluster":
-        chosen = _order(score, ids)[:n_select]
+    elif method == "no_cluster" or cluster is None:
+        chosen = _top(score, ids, n_select)
     else:
         chosen = diverse_top(score, ids, cluster, n_select, quota_m)
     assert len(set(chosen.tolist())) == len(chosen)
@@ -246,28 +255,21 @@ def _usable_weights(weights: dict[str, float] | None, available: list[str], unus
 
 
 # ------------------------------------------------------------------------------------ bring your own scores
-def import_scores(*, path: str, out_dir: str, columns: dict[str, str], id_column: str = "sample_id",
-                  manifest: str | None = None) -> None:
+def import_scores(*, path: str, out_dir: str, manifest: str, columns: dict[str, str], id_column: str = "sample_id",
+                  max_missing_fraction: float = 0.05) -> None:
     """Turn a table of your own per-sample scores into scores/<indicator>.parquet files (contract format).
 
     ``path`` is parquet, CSV, JSON (records) or JSON Lines; ``columns`` maps indicator name to column,
-    e.g. {"clip": "my_clip", "gpt": "gpt4_rating"}. Each output has sample_id, score (float), status
-    ("ok" where the value is a number, "skipped" where empty) and metadata naming the source file and
-    its sha256, so a changed file is detectable. With ``manifest`` the rows follow manifest order and
-    every manifest example must be present.
+    e.g. {"clip": "my_clip", "gpt": "gpt4_rating"}, and only those indicators are written. Rows follow
+    ``manifest`` order. Each output has sample_id, score (float) and status: "ok" where the value is a number,
+    "skipped" where the file leaves it empty (not scored on purpose), "failed" where the file has no row for the
+    example. Published scores often miss a few examples, so up to ``max_missing_fraction`` of the manifest may be
+    absent; more usually means the ids do not match (another id column, another dataset version), and the
+    import stops, listing the first absent ids. Rows for ids outside the manifest (quarantined examples) are
+    dropped. Each file's metadata names the source file and its sha256, so a changed file is detectable.
     """
     src = Path(path)
-    suffix = src.suffix.lower()
-    if suffix == ".parquet":
-        df = pd.read_parquet(src)
-    elif suffix == ".csv":
-        df = pd.read_csv(src, dtype={id_column: str})
-    elif suffix in (".jsonl", ".ndjson"):
-        df = pd.read_json(src, lines=True, dtype={id_column: str})
-    elif suffix == ".json":
-        df = pd.read_json(src, dtype={id_column: str})
-    else:
-        raise ValueError(f"{path}: unsupported score file type {suffix!r}; use .parquet, .csv, .json or .jsonl")
+    df = _read_table(src, id_column)
     needed = [id_column] + list(columns.values())
     missing = [c for c in needed if c not in df.columns]
     if missing:
@@ -275,20 +277,75 @@ def import_scores(*, path: str, out_dir: str, columns: dict[str, str], id_column
     df[id_column] = df[id_column].astype(str)
     if df[id_column].duplicated().any():
         raise ValueError(f"{path}: {int(df[id_column].duplicated().sum())} duplicated ids in column {id_column!r}")
-    if manifest:
-        order = pd.read_parquet(manifest, columns=["sample_id"])["sample_id"].astype(str)
-        absent = ~order.isin(df[id_column])
-        if absent.any():
-            raise ValueError(f"{path} has no row for {int(absent.sum())} manifest examples "
-                             f"(first: {order[absent].iloc[0]!r}); score every example or leave the value empty")
-        df = df.set_index(id_column).loc[order.tolist()].reset_index()
+    order = pd.read_parquet(manifest, columns=["sample_id"])["sample_id"].astype(str)
+    absent = order[~order.isin(df[id_column])].tolist()
+    if len(absent) > max_missing_fraction * len(order):
+        raise ValueError(
+            f"{path} has no row for {len(absent)} of the {len(order)} manifest examples "
+            f"({len(absent) / len(order):.1%}, above selection.external_scores.max_missing_fraction="
+            f"{max_missing_fraction}); first absent: {', '.join(absent[:5])}; the file's ids start "
+            f"{', '.join(df[id_column].head(3))}. Check that {id_column!r} holds the dataset's sample_id values "
+            "(results/manifest.parquet), or raise max_missing_fraction if those examples were never scored")
+    if absent:
+        log.warning("%s has no row for %d manifest examples (first: %s); they get status failed", path, len(absent),
+                    ", ".join(absent[:5]))
+    extra = int((~df[id_column].isin(order)).sum())
+    if extra:
+        log.info("%s: %d rows are not in the manifest (quarantined or another dataset) and are ignored", path, extra)
+    df = df.set_index(id_column).reindex(order.tolist())
+    found = ~df.index.isin(absent)
     checksum = sha256_file(src)
     for name, column in columns.items():
         score = pd.to_numeric(df[column], errors="raise").astype(float)
-        out = pd.DataFrame({"sample_id": df[id_column].to_numpy(), "score": score.to_numpy(),
-                            "status": np.where(score.notna(), "ok", "skipped")})
+        status = np.where(score.notna(), "ok", np.where(found, "skipped", "failed"))
+        out = pd.DataFrame({"sample_id": order.to_numpy(), "score": score.to_numpy(), "status": status})
         write_parquet(out, Path(out_dir) / f"{name}.parquet",
                       metadata={"indicator": name, "model": "imported", "source": str(src), "column": column,
                                 "checksum": checksum})
-        log.info("imported %s from column %r: %d scored, %d empty", name, column, int(score.notna().sum()),
-                 int(score.isna().sum()))
+        log.info("imported %s from column %r: %d scored, %d empty, %d absent", name, column,
+                 int(score.notna().sum()), int((status == "skipped").sum()), len(absent))
+
+
+def import_embeddings(*, image: str, ids: str, manifest: str, out_dir: str, id_column: str = "sample_id") -> None:
+    """Write image embeddings computed elsewhere as ``out_dir``/image.npy + ids.parquet, in manifest order.
+
+    ``image`` is an N x D .npy; ``ids`` a table (parquet, CSV, JSON, JSON Lines) whose ``id_column`` names the
+    example of each row. The result has the layout of the workflow's own features, so spectral clustering reads
+    either. Every manifest example needs an embedding, since a diversity method needs every example's cluster;
+    rows outside the manifest are dropped.
+    """
+    x = np.load(image, allow_pickle=False)
+    table = _read_table(Path(ids), id_column)
+    if id_column not in table.columns:
+        raise ValueError(f"{ids} lacks column {id_column!r}; it has {list(table.columns)}")
+    row_ids = table[id_column].astype(str)
+    if x.ndim != 2 or len(x) != len(row_ids):
+        raise ValueError(f"{image} has shape {x.shape} but {ids} names {len(row_ids)} rows; "
+                         "they must be one embedding per id, in the same order")
+    if row_ids.duplicated().any():
+        raise ValueError(f"{ids}: {int(row_ids.duplicated().sum())} duplicated ids in column {id_column!r}")
+    order = pd.read_parquet(manifest, columns=["sample_id"])["sample_id"].astype(str)
+    absent = order[~order.isin(row_ids)].tolist()
+    if absent:
+        raise ValueError(f"{ids} has no embedding for {len(absent)} of the {len(order)} manifest examples (first: "
+                         f"{', '.join(absent[:5])}); every example needs one for its cluster")
+    rows = pd.Series(np.arange(len(row_ids)), index=row_ids.to_numpy()).loc[order.tolist()].to_numpy()
+    out = Path(out_dir)
+    write_npy(x[rows].astype(np.float32), out / "image.npy")
+    write_parquet(pd.DataFrame({"sample_id": order.to_numpy()}), out / "ids.parquet",
+                  metadata={"source": str(image), "checksum": sha256_file(image)})
+    log.info("imported %d x %d image embeddings from %s", len(rows), x.shape[1], image)
+
+
+def _read_table(src: Path, id_column: str) -> pd.DataFrame:
+    """A parquet, CSV, JSON (records) or JSON Lines table, its id column read as text (ids like 007 stay 007)."""
+    suffix = src.suffix.lower()
+    if suffix == ".parquet":
+        return pd.read_parquet(src)
+    if suffix == ".csv":
+        return pd.read_csv(src, dtype={id_column: str})
+    if suffix in (".jsonl", ".ndjson"):
+        return pd.read_json(src, lines=True, dtype={id_column: str})
+    if suffix == ".json":
+        return pd.read_json(src, dtype={id_column: str})
+    raise ValueError(f"{src}: unsupported table type {suffix!r}; use .parquet, .csv, .json or .jsonl")

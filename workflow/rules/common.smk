@@ -2,7 +2,7 @@
 import json
 from pathlib import Path
 
-from vlselect.config import check_gpu_counts, check_real_run, validate_config
+from vlselect.config import check_external_scores, check_gpu_counts, check_real_run, validate_config
 from vlselect.resources import group_resources
 from vlselect.shards import parse_scatteritem
 from vlselect.suites import check_suite_use, is_judged, suite_name, with_prompts
@@ -10,11 +10,14 @@ from vlselect.suites import check_suite_use, is_judged, suite_name, with_prompts
 validate_config(config)
 check_real_run(config)
 check_gpu_counts(config)
+check_external_scores(config)
 check_suite_use(config["labels"]["suites"], config["final"]["suites"])
 
 R = config["results"]
 TOY = config["dataset"]["format"] == "toy"
-INDICATORS = ["clip", "reward", "length", "gpt"]
+EXTERNAL = config["selection"]["external_scores"]
+# bring-your-own scores provide only the indicators they map; everything downstream reads SCORE_FILES
+INDICATORS = list(EXTERNAL["columns"]) if EXTERNAL else ["clip", "reward", "length", "gpt"]
 SCORE_FILES = expand(f"{R}/scores/{{indicator}}.parquet", indicator=INDICATORS)
 SUBSETS = list(range(config["labels"]["n_subsets"]))
 # suite entries with evaluate.prompts applied (what the evaluation jobs get), and the names their results go under

@@ -4,7 +4,9 @@ REPORT_SEL = "selector" if "selector" in SEL["methods"] else SEL["methods"][0]
 
 
 def report_targets():
-    names = ["indicators", "correlation", "embedding_map", "labels", "gallery", "final_table"]
+    # the embedding map shows the clusters on the embeddings they were cut from, so only where there are clusters
+    names = ["indicators", "correlation"] + (["embedding_map"] if CLUSTER_FEATURES else []) + [
+        "labels", "gallery", "final_table"]
     if JUDGE_PAIRS:
         names.append("judge")
     return [f"{PLOTS}/{name}.png" for name in names]
@@ -36,23 +38,25 @@ rule plot_correlation:
         "vlselect plot-correlation --scores {input} --out {output} 2> {log}"
 
 
-rule plot_embedding_map:
-    input:
-        image=f"{R}/features/image.npy",
-        ids=f"{R}/features/ids.parquet",
-        clusters=f"{R}/selection/clusters.parquet",
-        selected=f"{R}/selection/{REPORT_SEL}/selected.parquet",
-    output:
-        report(f"{PLOTS}/embedding_map.png", caption="../report/embedding_map.rst", category="Selection"),
-    params:
-        features=f"{R}/features",
-    log:
-        f"{R}/logs/plot/embedding_map.log",
-    benchmark:
-        f"{R}/benchmarks/plot/embedding_map.tsv"
-    shell:
-        "vlselect plot-embedding-map --features-dir {params.features} --clusters {input.clusters} "
-        "--selected {input.selected} --out {output} 2> {log}"
+if CLUSTER_FEATURES:
+
+    rule plot_embedding_map:
+        input:
+            image=f"{CLUSTER_FEATURES}/image.npy",
+            ids=f"{CLUSTER_FEATURES}/ids.parquet",
+            clusters=f"{R}/selection/clusters.parquet",
+            selected=f"{R}/selection/{REPORT_SEL}/selected.parquet",
+        output:
+            report(f"{PLOTS}/embedding_map.png", caption="../report/embedding_map.rst", category="Selection"),
+        params:
+            features=CLUSTER_FEATURES,
+        log:
+            f"{R}/logs/plot/embedding_map.log",
+        benchmark:
+            f"{R}/benchmarks/plot/embedding_map.tsv"
+        shell:
+            "vlselect plot-embedding-map --features-dir {params.features} --clusters {input.clusters} "
+            "--selected {input.selected} --out {output} 2> {log}"
 
 
 rule plot_labels:

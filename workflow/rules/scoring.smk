@@ -12,22 +12,24 @@ SCORE_MODEL_INPUTS = {
     "reward": toy_inputs(REWARD),
 }
 
-if config["selection"]["external_scores"]:
+if EXTERNAL:
 
     rule import_scores:
         input:
-            config["selection"]["external_scores"]["path"],
+            scores=EXTERNAL["path"],
+            manifest=f"{R}/manifest.parquet",
         output:
-            expand(f"{R}/scores/{{indicator}}.parquet", indicator=INDICATORS),
+            SCORE_FILES,
         params:
-            p=as_json({k: v for k, v in config["selection"]["external_scores"].items() if k != "path"}),
+            p=as_json({k: v for k, v in EXTERNAL.items() if k not in ("path", "embeddings")}),
             out=f"{R}/scores",
         log:
             f"{R}/logs/import_scores.log",
         benchmark:
             f"{R}/benchmarks/import_scores.tsv"
         shell:
-            "vlselect import-scores --path {input:q} --out-dir {params.out} --params {params.p:q} 2> {log}"
+            "vlselect import-scores --path {input.scores:q} --manifest {input.manifest} --out-dir {params.out} "
+            "--params {params.p:q} 2> {log}"
 
 else:
 

@@ -1,5 +1,12 @@
 # The learned selector, spectral clusters for diversity, and one selection per method (with its export).
 SEL = config["selection"]
+# where the embeddings that selection.clusters names live (none: no clustering, no such rule)
+CLUSTER_FEATURES = {"image": f"{R}/features", "provided": f"{R}/features/provided", "none": None}[SEL["clusters"]]
+
+
+def uses_clusters(method):
+    """Whether a method ranks under the cluster quotas; the others (random, full, no_cluster) never wait for them."""
+    return CLUSTER_FEATURES is not None and (method in ("selector", "weights") or method.endswith("_only"))
 
 
 def selection_params(w):
@@ -15,7 +22,7 @@ def selection_params(w):
         params["n_select"] = SEL["n_select"]
     if method == "random":
         params["seed"] = seed
-    if method in ("selector", "weights") or method.endswith("_only"):
+    if uses_clusters(method):
         params["quota_m"] = SEL["quota_m"]
     if method in ("weights", "no_cluster"):
         params["weights"] = SEL["weights"]
@@ -60,28 +67,52 @@ rule predict_quality:
         "vlselect predict --model-dir {params.model_dir} --scores {input.scores} --pca {input.pca} --out {output} 2> {log}"
 
 
-rule spectral_clusters:
-    input:
-        image=f"{R}/features/image.npy",
-        ids=f"{R}/features/ids.parquet",
-    output:
-        f"{R}/selection/clusters.parquet",
-    params:
-        p=as_json({"n_clusters": SEL["n_clusters"], "seed": SEL["seed"]}),
-        features=f"{R}/features",
-    log:
-        f"{R}/logs/spectral_clusters.log",
-    benchmark:
-        f"{R}/benchmarks/spectral_clusters.tsv"
-    shell:
-        "vlselect spectral-clusters --features-dir {params.features} --out {output} --params {params.p:q} 2> {log}"
+if EXTERNAL and EXTERNAL["embeddings"]:
+
+    rule import_embeddings:
+        input:
+            image=EXTERNAL["embeddings"]["image"],
+            ids=EXTERNAL["embeddings"]["ids"],
+            manifest=f"{R}/manifest.parquet",
+        output:
+            image=f"{R}/features/provided/image.npy",
+            ids=f"{R}/features/provided/ids.parquet",
+        params:
+            p=as_json({"id_column": EXTERNAL["embeddings"]["id_column"]}),
+            out=f"{R}/features/provided",
+        log:
+            f"{R}/logs/import_embeddings.log",
+        benchmark:
+            f"{R}/benchmarks/import_embeddings.tsv"
+        shell:
+            "vlselect import-embeddings --image {input.image:q} --ids {input.ids:q} --manifest {input.manifest} "
+            "--out-dir {params.out} --params {params.p:q} 2> {log}"
+
+
+if CLUSTER_FEATURES:
+
+    rule spectral_clusters:
+        input:
+            image=f"{CLUSTER_FEATURES}/image.npy",
+            ids=f"{CLUSTER_FEATURES}/ids.parquet",
+        output:
+            f"{R}/selection/clusters.parquet",
+        params:
+            p=as_json({"n_clusters": SEL["n_clusters"], "seed": SEL["seed"]}),
+            features=CLUSTER_FEATURES,
+        log:
+            f"{R}/logs/spectral_clusters.log",
+        benchmark:
+            f"{R}/benchmarks/spectral_clusters.tsv"
+        shell:
+            "vlselect spectral-clusters --features-dir {params.features} --out {output} --params {params.p:q} 2> {log}"
 
 
 rule select:
     input:
         manifest=f"{R}/manifest.parquet",
         scores=SCORE_FILES,
-        clusters=f"{R}/selection/clusters.parquet",
+        clusters=lambda w: [f"{R}/selection/clusters.parquet"] if uses_clusters(w.sel) else [],
         predictions=lambda w: [f"{R}/selector/predictions.parquet"] if w.sel == "selector" else [],
     output:
         selected=f"{R}/selection/{{sel}}/selected.parquet",
@@ -91,6 +122,7 @@ rule select:
         p=selection_params,
         out=f"{R}/selection/{{sel}}",
         predictions=lambda w: f"--predictions {R}/selector/predictions.parquet" if w.sel == "selector" else "",
+        clusters=lambda w: f"--clusters {R}/selection/clusters.parquet" if uses_clusters(w.sel) else "",
     wildcard_constraints:
         sel=r"[a-z_]+\d*",
     log:
@@ -98,7 +130,7 @@ rule select:
     benchmark:
         f"{R}/benchmarks/select/{{sel}}.tsv"
     shell:
-        "vlselect select --manifest {input.manifest} --scores {input.scores} --clusters {input.clusters} "
+        "vlselect select --manifest {input.manifest} --scores {input.scores} {params.clusters} "
         "{params.predictions} --out-dir {params.out} --params {params.p:q} 2> {log}"
 
 

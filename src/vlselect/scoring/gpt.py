@@ -15,18 +15,15 @@ indicator that is mostly missing.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
-import mimetypes
 import re
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from vlselect.io import write_parquet
-from vlselect.llm import LLMClient, Request, host_of
+from vlselect.llm import LLMClient, Request, host_of, image_part
 from vlselect.shards import shard_rows
 
 log = logging.getLogger(__name__)
@@ -122,9 +119,7 @@ def build_messages(instruction: str, answer: str, image_path: str | None = None)
     if image_path is None:
         user = text
     else:
-        mime = mimetypes.guess_type(image_path)[0] or "image/png"
-        data = base64.b64encode(Path(image_path).read_bytes()).decode()
-        user = [{"type": "text", "text": text}, {"type": "image_url", "image_url": {"url": f"data:{mime};base64,{data}"}}]
+        user = [{"type": "text", "text": text}, image_part(image_path)]
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
 
 

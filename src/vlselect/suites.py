@@ -59,6 +59,8 @@ from typing import Callable
 
 import pandas as pd
 
+from vlselect.io import read_json
+
 METRICS = ("vqa", "mc", "caption_f1", "vqa_acc", "exact", "yesno", "count", "cider", "bleu4", "judged")
 CORPUS_METRICS = ("cider", "bleu4")
 LETTERS = string.ascii_uppercase
@@ -117,16 +119,18 @@ def _check_images(items: list[Item], where: str) -> list[Item]:
     return items
 
 
-def _read_json(path: Path):
+def _release_file(path: Path) -> Path:
     if not path.exists():
         raise FileNotFoundError(f"{path} not found; the suite's path must be the folder of the official release")
-    return json.loads(path.read_text())
+    return path
+
+
+def _read_json(path: Path):
+    return read_json(_release_file(path))
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found; the suite's path must be the folder of the official release")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [json.loads(line) for line in _release_file(path).read_text().splitlines() if line.strip()]
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -10,10 +10,13 @@ import sys
 import numpy as np
 
 
-def pick_device(preference: str = "auto"):
-    """Return a ``torch.device``: CUDA when asked for or available under ``auto``, else the CPU."""
+def pick_device(preference="auto"):
+    """Return a ``torch.device``: CUDA when asked for or available under ``auto``, else the CPU; a ``torch.device``
+    passes through unchanged, so loaders take either a setting or a device already picked."""
     import torch
 
+    if isinstance(preference, torch.device):
+        return preference
     if preference == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if preference == "cuda" and not torch.cuda.is_available():

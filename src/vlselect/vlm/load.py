@@ -14,10 +14,6 @@ DTYPES = ("float32", "bfloat16", "float16", "auto")
 DEFAULT_LORA = {"r": 8, "alpha": 16, "dropout": 0.05, "targets": ["q_proj", "k_proj", "v_proj", "o_proj"]}
 
 
-def _device(device):
-    return pick_device(device) if isinstance(device, str) else device
-
-
 def load_base(path: str | os.PathLike, device, dtype: str = "float32"):
     """Load (model, processor) from a transformers model dir, in eval mode on ``device``, the weights in ``dtype``
     (``auto``: as the checkpoint stores them). Nothing is downloaded."""
@@ -29,7 +25,7 @@ def load_base(path: str | os.PathLike, device, dtype: str = "float32"):
         raise FileNotFoundError(f"{path} is not a transformers model dir (no config.json); train or point to one")
     model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, local_files_only=True)
     processor = AutoProcessor.from_pretrained(path, local_files_only=True)
-    model.to(_device(device)).eval()
+    model.to(pick_device(device)).eval()
     return model, processor
 
 

@@ -466,6 +466,6 @@ def load_official_output(path: str | os.PathLike, device="auto"):
                 raise ValueError(f"{info['checkpoint']}: {origin[name]} has shape {tuple(tensor.shape)}, the base "
                                  f"{base} {tuple(own[name].shape)}; was it trained from another base?")
             own[name].copy_(tensor)
-    model.to(pick_device(device) if isinstance(device, str) else device)
+    model.to(pick_device(device))
     model.eval()
     return model, processor
